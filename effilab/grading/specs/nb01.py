@@ -1,0 +1,499 @@
+"""Exercise specs of notebook 01 — floating-point formats.
+
+1. ``decompose(x, fmt)``: sign, exponent, significand and value class of every element, for fp32,
+   fp16, bf16, fp8 e4m3 and fp8 e5m2, checked against torch's own conversion to float64.
+2. ``round_to_bf16(x)``: fp32 → bf16 with round-to-nearest-even by integer arithmetic, bit-exact
+   against ``x.to(torch.bfloat16)``.
+3. ``stochastic_round_bf16(x, seed)``: a Triton kernel; always one of the two bf16 neighbours,
+   unbiased in expectation (a binomial test with a stated false-alarm rate), reproducible per seed;
+   on a GPU, faster than the eager PyTorch version of the same computation.
+4. ``underflow_fraction(grads)`` and ``max_safe_loss_scale(grads)``: fp16 gradient underflow and
+   the loss scale that recovers it (the computed answers of the mixed-precision story).
+"""
+from __future__ import annotations
+
+import math
+import statistics
+
+import torch
+
+from ...formats import FORMATS, FloatFormat, ValueClass, bf16_neighbours, bit_patterns, bits_of, from_bits
+from ..compare import compare_tensors, format_value
+from ..core import NOT_ON_CPU, Case, Exercise, Group, Verdict, register
+
+NOTEBOOK = "01_float_formats"
+N_SEEDS = 5
+
+
+def _seeds(suite: str, seed: int) -> list[int]:
+    base = 0 if suite == "public" else 1_000_003 * (seed + 1)
+    return [base + i for i in range(N_SEEDS)]
+
+
+def _device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+# ==============================================================================================
+# 1. decompose
+# ==============================================================================================
+_CLASS_GROUPS = {
+    "normal numbers": (ValueClass.NORMAL,),
+    "zeros and subnormals": (ValueClass.ZERO, ValueClass.SUBNORMAL),
+    "infinities and NaNs": (ValueClass.INF, ValueClass.NAN),
+}
+
+
+def expected_decomposition(x: torch.Tensor, f: FloatFormat):
+    """(sign, exponent, significand, value_class) from torch's conversion of ``x`` to float64."""
+    v = x.to(torch.float64)
+    sign = (bits_of(x) >> (f.bits - 1)) & 1
+    nan, inf, zero = torch.isnan(v), torch.isinf(v), v == 0
+    sub = ~nan & ~inf & ~zero & (v.abs() < f.smallest_normal)
+    cls = torch.full_like(sign, int(ValueClass.NORMAL))
+    cls[zero] = int(ValueClass.ZERO)
+    cls[sub] = int(ValueClass.SUBNORMAL)
+    cls[inf] = int(ValueClass.INF)
+    cls[nan] = int(ValueClass.NAN)
+    finite = ~nan & ~inf
+    a = torch.where(finite, v.abs(), torch.zeros_like(v))
+    _, e = torch.frexp(a)  # a = m * 2**e, m in [0.5, 1)
+    exponent = torch.where(cls == int(ValueClass.NORMAL), e.to(torch.int64) - 1,
+                           torch.full_like(sign, 1 - f.bias))
+    significand = torch.ldexp(a, (f.man_bits - exponent).to(torch.float64)).round().to(torch.int64)
+    return sign, exponent, significand, cls
+
+
+@register
+class Decompose(Exercise):
+    name = "decompose"
+    notebook = NOTEBOOK
+    title = "Decompose a float into sign, exponent, significand and value class"
+    points = {"correctness": 3.0}
+    signature = "decompose(x: torch.Tensor, fmt: FloatFormat) -> (sign, exponent, significand, value_class)"
+
+    def groups(self, suite, seed):
+        out = []
+        for fi, f in enumerate(FORMATS.values()):
+            for gname, classes in _CLASS_GROUPS.items():
+                cases = []
+                for s in _seeds(suite, seed):
+                    x = bit_patterns(f, n=100_000, seed=s * 31 + fi)
+                    cases.append(Case(f"{f.name}, seed {s}, {x.numel()} bit patterns", (x, f),
+                                      meta={"fmt": f, "classes": classes}))
+                out.append(Group(f"{f.name}: {gname}", cases, hint=_decompose_hint(f, gname)))
+        return out
+
+    def compare(self, out, case):
+        x, f = case.args
+        if not isinstance(out, (tuple, list)) or len(out) != 4:
+            return ("return a tuple of four tensors (sign, exponent, significand, value_class); "
+                    f"got {type(out).__name__}" + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else ""))
+        names = ("sign", "exponent", "significand", "value_class")
+        got = []
+        for nm, t in zip(names, out):
+            if not isinstance(t, torch.Tensor):
+                return f"{nm} is a {type(t).__name__}; return torch tensors"
+            if t.shape != x.shape:
+                return f"{nm} has shape {tuple(t.shape)}; expected the shape of x, {tuple(x.shape)}"
+            if t.dtype.is_floating_point:
+                return f"{nm} has dtype {t.dtype}; return integer tensors (e.g. torch.int64)"
+            got.append(t.to(torch.int64).cpu())
+        exp = expected_decomposition(x.cpu(), f)
+        sel = torch.zeros(x.shape, dtype=torch.bool)
+        for c in case.meta["classes"]:
+            sel |= exp[3] == int(c)
+        finite = sel & (exp[3] <= int(ValueClass.NORMAL))
+        masks = (sel, finite, finite, sel)  # exponent and significand are only defined for finite values
+        for nm, g, e, m in zip(names, got, exp, masks):
+            bad = (g != e) & m
+            n = int(bad.sum())
+            if n:
+                idx = bad.nonzero().flatten()[:5].tolist()
+                rows = []
+                for i in idx:
+                    mine = ", ".join(f"{k}={int(t[i])}" for k, t in zip(("s", "e", "sig", "cls"), got))
+                    theirs = ", ".join(f"{k}={int(t[i])}" for k, t in zip(("s", "e", "sig", "cls"), exp))
+                    rows.append(f"  x[{i}] = {format_value(x.cpu()[i])}: yours ({mine})  expected ({theirs})")
+                return (f"{nm} wrong for {n} of {int(m.sum())} values\nfirst mismatches "
+                        "(value_class: 0 zero, 1 subnormal, 2 normal, 3 inf, 4 nan):\n" + "\n".join(rows))
+        return None
+
+
+def _decompose_hint(f: FloatFormat, group: str) -> str:
+    if group == "normal numbers":
+        h = (f"normal: exponent = E - bias (bias {f.bias} for {f.name}), significand = 2**{f.man_bits} + M "
+             "(the implicit leading 1)")
+        if not f.has_inf:
+            h += "; in e4m3 the all-ones exponent still holds normal numbers unless M is all ones"
+        return h
+    if group == "zeros and subnormals":
+        return (f"E == 0: exponent is 1 - bias (= {1 - f.bias}), not -bias, and the significand is M with no "
+                "implicit 1; class ZERO when M == 0, SUBNORMAL otherwise; keep the sign of -0.0")
+    if not f.has_inf:
+        return "e4m3fn has no infinities: only S.1111.111 is NaN; every other pattern is finite"
+    return "all-ones exponent: INF when M == 0, NAN otherwise; the sign bit is still reported for both"
+
+
+# ==============================================================================================
+# 2. round_to_bf16
+# ==============================================================================================
+def _fp32_from_parts(sign: torch.Tensor, exp: torch.Tensor, man: torch.Tensor) -> torch.Tensor:
+    return from_bits((sign << 31) | (exp << 23) | man, "fp32")
+
+
+def _round_inputs(kind: str, s: int, shape=(4099,)) -> torch.Tensor:
+    g = torch.Generator().manual_seed(s)
+    n = math.prod(shape)
+    sign = torch.randint(0, 2, (n,), generator=g)
+    man = torch.randint(0, 1 << 23, (n,), generator=g)
+    if kind == "normal":
+        x = _fp32_from_parts(sign, torch.randint(1, 254, (n,), generator=g), man)
+    elif kind == "ties":
+        man = (man & ~0xFFFF) | 0x8000  # exactly halfway between two bf16 numbers
+        x = _fp32_from_parts(sign, torch.randint(1, 254, (n,), generator=g), man)
+    elif kind == "subnormal":
+        x = _fp32_from_parts(sign, torch.zeros(n, dtype=torch.int64), man)
+        x[:4] = torch.tensor([0.0, -0.0, 1e-45, -1e-45])
+    elif kind == "overflow":
+        low = torch.randint(0, 1 << 16, (n,), generator=g)
+        x = from_bits((sign << 31) | 0x7F7F0000 | low, "fp32")
+    elif kind == "special":
+        base = [0x7F800000, 0xFF800000, 0x7FC00000, 0xFFC00000, 0x7F800001, 0xFF800001, 0x7FFFFFFF,
+                0x7F80FFFF, 0x7F810000, 0xFFFFFFFF]
+        picks = torch.tensor(base)[torch.randint(0, len(base), (n,), generator=g)]
+        x = from_bits(picks, "fp32")
+    elif kind == "any":
+        x = from_bits(torch.randint(0, 1 << 32, (n,), generator=g), "fp32")
+    else:
+        raise ValueError(kind)
+    return x.reshape(shape)
+
+
+@register
+class RoundToBF16(Exercise):
+    name = "round_to_bf16"
+    notebook = NOTEBOOK
+    title = "fp32 → bf16 with round-to-nearest-even, by integer arithmetic"
+    points = {"correctness": 3.0}
+    signature = "round_to_bf16(x: torch.Tensor[float32]) -> torch.Tensor[bfloat16]"
+
+    _GROUPS = [
+        ("normal numbers", "normal", "add 0x7FFF plus the lowest kept bit ((bits >> 16) & 1) to the fp32 bits, "
+                                     "then keep the high 16 bits"),
+        ("ties round to even", "ties", "a tie (low 16 bits == 0x8000) rounds to the neighbour whose last kept "
+                                       "bit is 0: that is what the '+ ((bits >> 16) & 1)' term does"),
+        ("zeros and subnormals", "subnormal", "the same integer recipe works for subnormals; keep the sign of -0.0"),
+        ("overflow to infinity", "overflow", "values above the largest bf16 round to inf: the carry of the integer "
+                                             "addition into the exponent does this for free"),
+        ("infinities and NaNs", "special", "a NaN must stay NaN: a NaN whose payload sits in the low 16 bits "
+                                           "(e.g. 0x7F800001) would turn into inf if you only truncate — "
+                                           "detect NaN first (x != x) and return a quiet NaN (0x7FC0)"),
+        ("odd 2-D shape 1823×781, all bit patterns", "any", "this group mixes every kind of bit pattern: fix the "
+                                                            "groups above first; then make sure any shape works "
+                                                            "(work on x.view(torch.int32), keep x's shape)"),
+    ]
+
+    def groups(self, suite, seed):
+        out = []
+        for gname, kind, hint in self._GROUPS:
+            shape = (1823, 781) if kind == "any" else (4099,)
+            cases = [Case(f"{kind} inputs, seed {s}, shape {shape}", (_round_inputs(kind, s, shape),))
+                     for s in _seeds(suite, seed)]
+            out.append(Group(gname, cases, hint))
+        return out
+
+    def compare(self, out, case):
+        (x,) = case.args
+        expected = x.to(torch.bfloat16)
+        flat_x = x.reshape(-1)
+        return compare_tensors(out, expected, exact=True, name="result",
+                               describe_input=lambda ix: "x = " + format_value(
+                                   flat_x[_flat_index(ix, x.shape)]))
+
+
+def _flat_index(ix, shape) -> int:
+    flat = 0
+    for i, n in zip(ix, shape):
+        flat = flat * n + i
+    return flat
+
+
+# ==============================================================================================
+# 3. stochastic_round_bf16 (Triton)
+# ==============================================================================================
+SR_FALSE_ALARM = 1e-6  # probability that a correct kernel fails the unbiasedness test (family-wise)
+SR_SPEED_THRESHOLD = 3.0  # required speed-up over the eager PyTorch version; see benchmarks/RESULTS.md
+SR_SPEED_N = 1 << 28  # 256 Mi fp32 elements: 1 GiB in, 512 MiB out (launch overhead negligible)
+
+
+def _sr_values(s: int, shape, device) -> torch.Tensor:
+    """Random fp32 values of all magnitudes and both signs, a few bf16-exact ones, zeros, infs, NaN."""
+    g = torch.Generator().manual_seed(s)
+    n = math.prod(shape)
+    x = torch.randn(n, generator=g) * torch.exp2(torch.randint(-40, 40, (n,), generator=g).float())
+    x[: min(n, 8)] = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), 1.0, -3.0, 1e-40, 3.3e38])[: min(n, 8)]
+    return x.reshape(shape).to(device)
+
+
+def _unbiased_values(s: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """k fp32 values whose round-up probability p lies in [0.05, 0.95], and that p."""
+    g = torch.Generator().manual_seed(s)
+    hi = torch.randint(0x3F00, 0x4100, (k,), generator=g)  # around 0.5 … 8
+    frac = torch.randint(3277, 62259, (k,), generator=g)  # low 16 bits: p = frac / 65536
+    sign = torch.randint(0, 2, (k,), generator=g)
+    x = from_bits((sign << 31) | (hi << 16) | frac, "fp32")
+    return x, frac.double() / 65536.0
+
+
+@register
+class StochasticRoundBF16(Exercise):
+    name = "stochastic_round_bf16"
+    notebook = NOTEBOOK
+    title = "A Triton kernel: fp32 → bf16 with stochastic rounding"
+    points = {"correctness": 3.0, "speed": 2.0}
+    signature = "stochastic_round_bf16(x: torch.Tensor[float32], seed: int) -> torch.Tensor[bfloat16]"
+
+    def groups(self, suite, seed):
+        dev = _device()
+        seeds = _seeds(suite, seed)
+        big = (1823, 781) if dev.type == "cuda" else (257, 129)
+        neigh = [Case(f"seed {s}, shape {shp}", (_sr_values(s, shp, dev), s), meta={"check": "neighbours"})
+                 for s, shp in zip(seeds, [big, (1000,), (3, 5, 7), (1,), (65537,)])]
+        exact = []
+        for s in seeds:
+            g = torch.Generator().manual_seed(s)
+            b = torch.randint(0, 1 << 16, (4097,), generator=g)
+            b = b[((b >> 7) & 0xFF) != 0xFF]  # bf16-exact values, no NaN patterns
+            xs = from_bits(b << 16, "fp32").to(dev)
+            exact.append(Case(f"seed {s}, {xs.numel()} bf16-exact values incl. ±0 and ±inf", (xs, s),
+                              meta={"check": "exact"}))
+        nan = [Case(f"seed {s}, NaN payloads", (from_bits(torch.tensor(
+            [0x7FC00000, 0xFFC00000, 0x7F800001, 0xFF800001, 0x7FFFFFFF, 0x7F80FFFF, 0x7FBFFFFF]), "fp32").to(dev), s),
+            meta={"check": "nan"}) for s in seeds]
+        k, reps = (256, 4096) if dev.type == "cuda" else (64, 1024)
+        unbiased = []
+        for s in seeds:
+            vals, p = _unbiased_values(s, k)
+            x = vals.repeat_interleave(reps).to(dev)
+            unbiased.append(Case(f"seed {s}, {k} values × {reps} draws", (x, s),
+                                 meta={"check": "unbiased", "vals": vals, "p": p, "reps": reps}))
+        seed_cases = [Case(f"seeds {s} and {s + 1}", (_sr_values(s, (4096,), dev), s), meta={"check": "seed"})
+                      for s in seeds]
+        return [
+            Group("only ever one of the two bf16 neighbours (odd shapes, all magnitudes)", neigh,
+                  "add a random integer in [0, 2**16) to the fp32 bit pattern, then keep the high 16 bits"),
+            Group("values bf16 represents exactly come back unchanged (±0, ±inf too)", exact,
+                  "when the low 16 bits are 0 no random number may change the value: add at most 0xFFFF"),
+            Group("NaN stays NaN", nan, "detect NaN (x != x) and store 0x7FC0: truncating a NaN whose payload "
+                                        "sits in the low 16 bits gives inf"),
+            Group(f"unbiased: E[round(x)] = x (binomial test, false-alarm rate {SR_FALSE_ALARM:g})", unbiased,
+                  "the random integer must be uniform over all 2**16 values of the dropped bits — "
+                  "e.g. tl.randint(seed, offsets) & 0xFFFF; round-to-nearest or truncation is biased"),
+            Group("same seed reproduces, another seed differs", seed_cases,
+                  "draw the random numbers from tl.randint(seed, offsets) with the element's global offset"),
+        ]
+
+    def compare(self, out, case):
+        x, s = case.args
+        if not isinstance(out, torch.Tensor):
+            return f"return a torch.Tensor, got {type(out).__name__}"
+        if out.dtype != torch.bfloat16 or out.shape != x.shape:
+            return f"expected a bfloat16 tensor of shape {tuple(x.shape)}, got {out.dtype} of shape {tuple(out.shape)}"
+        if out.device.type != x.device.type:
+            return f"your output is on {out.device}, the input on {x.device}"
+        check = case.meta["check"]
+        xc, oc = x.detach().cpu(), out.detach().cpu()
+        ob = bits_of(oc)
+        if check in ("neighbours", "exact", "nan"):
+            lo, hi = bf16_neighbours(xc)
+            isnan = torch.isnan(xc)
+            ok = ((ob == lo) | (ob == hi)) & ~isnan
+            ok |= isnan & torch.isnan(oc.float())
+            bad = ~ok
+            if int(bad.sum()):
+                flat = bad.reshape(-1).nonzero().flatten()[:5].tolist()
+                xf, of, lof, hif = xc.reshape(-1), oc.reshape(-1), lo.reshape(-1), hi.reshape(-1)
+                rows = [f"  x[{i}] = {format_value(xf[i])}: yours {format_value(of[i])}, allowed 0x{int(lof[i]):04X}"
+                        + ("" if lof[i] == hif[i] else f" or 0x{int(hif[i]):04X}") for i in flat]
+                unw = int((torch.isnan(oc.float()) & ~isnan).sum())
+                extra = f" ({unw} NaN where the input was not NaN: never written?)" if unw else ""
+                return f"{int(bad.sum())} of {x.numel()} results are not a bf16 neighbour of x{extra}\n" + "\n".join(rows)
+            return None
+        if check == "unbiased":
+            vals, p, reps = case.meta["vals"], case.meta["p"], case.meta["reps"]
+            lo, hi = bf16_neighbours(vals)
+            draws = ob.reshape(len(vals), reps)
+            if not bool(((draws == lo[:, None]) | (draws == hi[:, None])).all()):
+                return "some results are not a bf16 neighbour of x (see the neighbours group)"
+            ups = (draws == hi[:, None]).sum(1).double()
+            z = (ups - reps * p) / torch.sqrt(reps * p * (1 - p))
+            zcrit = statistics.NormalDist().inv_cdf(1 - SR_FALSE_ALARM / (2 * len(vals)))
+            worst = int(z.abs().argmax())
+            if float(z.abs().max()) > zcrit:
+                return (f"biased: for x = {format_value(vals[worst])} the round-up probability should be "
+                        f"{float(p[worst]):.4f}, yours is {float(ups[worst]) / reps:.4f} over {reps} draws "
+                        f"(z = {float(z[worst]):.1f}, limit ±{zcrit:.2f})")
+            return None
+        if check == "seed":
+            # the same seed must reproduce; the next seed must give another rounding somewhere
+            return None  # compared in run_case, which has the function
+        raise AssertionError(check)
+
+    def run_case(self, fn, case):
+        problem = super().run_case(fn, case)
+        if problem is not None or case.meta["check"] != "seed":
+            return problem
+        x, s = case.args
+        try:
+            a, b, c = fn(x.clone(), s), fn(x.clone(), s), fn(x.clone(), s + 1)
+        except Exception as exc:  # reported, like any failure of the student's code
+            return f"{case.label}: your function raised {type(exc).__name__}: {exc}"
+        if not torch.equal(bits_of(a.cpu()), bits_of(b.cpu())):
+            return f"{case.label}: two calls with seed {s} gave different results; the seed must make runs reproducible"
+        if torch.equal(bits_of(a.cpu()), bits_of(c.cpu())):
+            return f"{case.label}: seeds {s} and {s + 1} gave identical results; the randomness must depend on the seed"
+        return None
+
+    def speed(self, fn, seed):
+        from ...formats import stochastic_round_bf16_torch
+
+        v = Verdict(self.name, "speed", 0.0, self.points["speed"])
+        if not torch.cuda.is_available():
+            v.notes.append(f"speed: {NOT_ON_CPU}. On a GPU your kernel must be ≥ {SR_SPEED_THRESHOLD:g}× "
+                           "faster than the eager PyTorch version (formats.stochastic_round_bf16_torch).")
+            return v
+        from ... import bench
+
+        x = _sr_values(_seeds("hidden", seed)[0], (SR_SPEED_N,), "cuda")
+        gate = self.run_case(fn, Case("speed input (256 Mi values)", (x, 7), meta={"check": "neighbours"}))
+        if gate is not None:
+            v.notes.append("not timed: your kernel is not correct on the speed input — " + gate)
+            return v
+        cmp = bench.compare({"yours": lambda: fn(x, 7), "eager PyTorch": lambda: stochastic_round_bf16_torch(x, 7)})
+        ratio = cmp.ratio("eager PyTorch", "yours")
+        t = cmp.timings["yours"]
+        moved = x.numel() * (4 + 2)
+        tp = bench.throughput(t.median_ms, bytes=moved)
+        v.details = {"ratio": ratio, "yours_ms": t.median_ms, "baseline_ms": cmp.timings["eager PyTorch"].median_ms,
+                     "yours_spread": t.spread, "gbs": tp.gbs, "threshold": SR_SPEED_THRESHOLD}
+        v.notes.append(cmp.table())
+        v.notes.append(f"yours: {tp}")
+        if ratio >= SR_SPEED_THRESHOLD:
+            v.points = v.max_points
+            v.notes.append(f"speed-up {ratio:.2f}× ≥ {SR_SPEED_THRESHOLD:g}×: full points")
+        else:
+            v.notes.append(f"speed-up {ratio:.2f}× < {SR_SPEED_THRESHOLD:g}×: one fused pass should read 4 B and write "
+                           "2 B per element; avoid extra torch ops around the kernel and use BLOCK ≥ 1024")
+        return v
+
+
+# ==============================================================================================
+# 4. fp16 gradient underflow and loss scaling
+# ==============================================================================================
+FP16_OVERFLOW = 65520.0  # the smallest magnitude that rounds to inf in fp16 (max finite 65504)
+
+
+def _gradients(s: int, kind: str) -> torch.Tensor:
+    g = torch.Generator().manual_seed(s)
+    n = 20_011
+    if kind == "typical":  # magnitudes log-uniform over 1e-12 … 1e-2
+        mags = torch.pow(10.0, torch.empty(n).uniform_(-12, -2, generator=g))
+    elif kind == "outlier":  # mostly tiny, a few large
+        mags = torch.pow(10.0, torch.empty(n).uniform_(-10, -6, generator=g))
+        mags[:: 997] = torch.pow(10.0, torch.empty(mags[::997].numel()).uniform_(0, 3.5, generator=g))
+    elif kind == "zeros":  # exact zeros must not count as underflow
+        mags = torch.pow(10.0, torch.empty(n).uniform_(-9, -3, generator=g))
+        mags[torch.rand(n, generator=g) < 0.3] = 0.0
+    elif kind == "huge":  # so large that the safe scale is below 1
+        mags = torch.pow(10.0, torch.empty(n).uniform_(-3, 6, generator=g))
+    elif kind == "boundary":  # max |g| · 2**k lands on fp16's edge: 65504 (max), 65504…65520 (rounds down), 65520 (inf)
+        mags = torch.pow(10.0, torch.empty(n).uniform_(-8, -1, generator=g))
+        edge = (65504.0, 65512.0, 65519.0, FP16_OVERFLOW, 65510.0)[s % 5]
+        mags[7] = edge / 2 ** int(torch.randint(4, 20, (1,), generator=g))
+    else:
+        raise ValueError(kind)
+    signs = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
+    return (mags * signs).to(torch.float32)
+
+
+_GRAD_KINDS = ["typical", "outlier", "zeros", "huge", "boundary"]
+
+
+def expected_underflow_fraction(g: torch.Tensor) -> float:
+    nz = g != 0
+    if int(nz.sum()) == 0:
+        return 0.0
+    return float(((g.to(torch.float16) == 0) & nz).sum()) / float(nz.sum())
+
+
+def expected_max_safe_loss_scale(g: torch.Tensor) -> float:
+    m = float(g.abs().max())
+    if m == 0:
+        raise ValueError("all-zero gradients: every scale is safe")
+    k = math.floor(math.log2(FP16_OVERFLOW / m)) + 1
+    while torch.isinf((g * 2.0 ** k).to(torch.float16)).any():
+        k -= 1
+    return 2.0 ** k
+
+
+class _ScalarExercise(Exercise):
+    notebook = NOTEBOOK
+
+    def groups(self, suite, seed):
+        cases = [Case(f"{kind} gradients, seed {s}", (_gradients(s, kind),), meta={"kind": kind})
+                 for kind in _GRAD_KINDS for s in _seeds(suite, seed)]
+        by_kind = {}
+        for c in cases:
+            by_kind.setdefault(c.meta["kind"], []).append(c)
+        return [Group(f"{kind} gradients", cs, self.hint) for kind, cs in by_kind.items()]
+
+    def _as_float(self, out):
+        if isinstance(out, torch.Tensor):
+            if out.numel() != 1:
+                raise TypeError(f"return one number, got a tensor of shape {tuple(out.shape)}")
+            return float(out.item())
+        if isinstance(out, (int, float)):
+            return float(out)
+        raise TypeError(f"return a Python float, got {type(out).__name__}")
+
+
+@register
+class UnderflowFraction(_ScalarExercise):
+    name = "underflow_fraction"
+    title = "Fraction of non-zero fp32 gradients that flush to zero in fp16"
+    points = {"correctness": 1.0}
+    signature = "underflow_fraction(grads: torch.Tensor[float32]) -> float"
+    hint = ("count the elements that are non-zero in fp32 but exactly 0 after .to(torch.float16), "
+            "divide by the number of non-zero elements (exact zeros are not underflow)")
+
+    def compare(self, out, case):
+        try:
+            y = self._as_float(out)
+        except TypeError as e:
+            return str(e)
+        e = expected_underflow_fraction(case.args[0])
+        if not math.isclose(y, e, abs_tol=1e-9):
+            return f"yours {y:.6f}, expected {e:.6f}"
+        return None
+
+
+@register
+class MaxSafeLossScale(_ScalarExercise):
+    name = "max_safe_loss_scale"
+    title = "The largest power-of-two loss scale that does not overflow fp16"
+    points = {"correctness": 1.0}
+    signature = "max_safe_loss_scale(grads: torch.Tensor[float32]) -> float"
+    hint = ("find the largest integer k such that (grads * 2.0**k).to(torch.float16) has no inf: fp16's "
+            "largest finite value is 65504 and anything ≥ 65520 rounds to inf; k may be negative")
+
+    def compare(self, out, case):
+        try:
+            y = self._as_float(out)
+        except TypeError as e:
+            return str(e)
+        e = expected_max_safe_loss_scale(case.args[0])
+        if y != e:
+            return (f"yours {y:g} (2**{math.log2(y):.2f}), expected {e:g} (2**{int(math.log2(e))})" if y > 0
+                    else f"yours {y:g}, expected {e:g} (2**{int(math.log2(e))})")
+        return None

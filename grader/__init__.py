@@ -1,0 +1,1 @@
+"""The instructor's side of effilab: nbgrader course configuration and ``python -m grader``."""

@@ -1,0 +1,241 @@
+"""``python -m grader``: the instructor's command line.
+
+    python -m grader release                 solutions/ → notebooks/ (nbgrader generate_assignment)
+    python -m grader collect PATH…           take .ipynb / .zip submissions into the course
+    python -m grader autograde [-a A] [-s S] run every submission, scores into the gradebook
+    python -m grader feedback  [-a A] [-s S] HTML feedback per student, hidden tests scrubbed
+    python -m grader export --csv FILE       one row per student and assignment, a column per graded cell
+    python -m grader regrade   [-a A] [-s S] autograde again, print which scores changed
+    python -m grader scores    [-a A]        the gradebook as a table
+    python -m grader publish OUT             write the student edition (no graded solutions)
+    python -m grader examples                rebuild the example submissions of grader/examples/
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+from .course import Course, ensure_released
+
+
+def _course(args) -> Course:
+    return Course(root=args.course, db_url=args.db)
+
+
+# ---------------------------------------------------------------------------------------------
+# release
+# ---------------------------------------------------------------------------------------------
+def release(course: Course, out_dir: Path | None = None, log=print) -> list[Path]:
+    """Generate the student notebooks of every assignment into ``out_dir`` (default notebooks/)."""
+    import nbformat
+
+    out_dir = Path(out_dir) if out_dir else course.notebooks
+    out_dir.mkdir(parents=True, exist_ok=True)
+    api = course.api()
+    written = []
+    for a in course.assignments():
+        result = api.generate_assignment(a, force=True, create=True)
+        if not result["success"]:
+            raise SystemExit(f"error: generate_assignment failed for {a}:\n{result.get('log', '')}\n"
+                             f"{result.get('error', '')}")
+        nb = nbformat.read(str(course.path("release", a, f"{a}.ipynb")), as_version=4)
+        for cell in nb.cells:  # committed notebooks carry no outputs
+            if cell.cell_type == "code":
+                cell.outputs, cell.execution_count = [], None
+        dst = out_dir / f"{a}.ipynb"
+        nbformat.write(nb, str(dst))
+        written.append(dst)
+        log(f"release: {a} → {dst}")
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# autograde, feedback, scores
+# ---------------------------------------------------------------------------------------------
+def _targets(course: Course, assignment: str | None, student: str | None) -> list[tuple[str, str]]:
+    assignments = [course.check_assignment(assignment)] if assignment else course.assignments()
+    out = []
+    for a in assignments:
+        students = course.submitted_students(a)
+        if student:
+            students = [s for s in students if s == student]
+        out += [(a, s) for s in students]
+    return out
+
+
+def scores(course: Course, assignment: str | None = None) -> dict[tuple[str, str], dict]:
+    """{(assignment, student): {"score", "max_score", "cells": {grade_id: (score, max)}}} from the gradebook."""
+    from nbgrader.api import MissingEntry
+
+    out = {}
+    with course.gradebook() as gb:
+        for a in ([assignment] if assignment else course.assignments()):
+            try:
+                asg = gb.find_assignment(a)
+            except MissingEntry:
+                continue
+            for sub in asg.submissions:
+                cells = {}
+                for nb in sub.notebooks:
+                    for g in nb.grades:
+                        cells[g.name] = (g.score, g.max_score)
+                out[(a, sub.student.id)] = {"score": sub.score, "max_score": sub.max_score, "cells": cells}
+    return out
+
+
+def autograde(course: Course, assignment=None, student=None, force=False, log=print) -> int:
+    targets = _targets(course, assignment, student)
+    if not targets:
+        log("autograde: nothing submitted (run `python -m grader collect PATH…` first)")
+        return 0
+    api = course.api()
+    failures = 0
+    for a in sorted({a for a, _ in targets}):
+        ensure_released(course, a, log)
+    for a, s in targets:
+        done = course.path("autograded", s, a)
+        if done.exists() and not force:
+            log(f"autograde: {s} / {a}: already graded (use regrade to grade again)")
+            continue
+        log(f"autograde: {s} / {a} …")
+        result = api.autograde(a, s, force=True, create=True)
+        if not result["success"]:
+            failures += 1
+            why = (result.get("error") or "").strip().splitlines()[-1:] or ["see the log"]
+            log(f"autograde: {s} / {a}: FAILED — {why[0]}")
+            _write_report(course, f"autograde-{a}-{s}.log", result.get("log", "") + "\n" + (result.get("error") or ""))
+    print_scores(course, assignment, log)
+    return failures
+
+
+def print_scores(course: Course, assignment=None, log=print) -> None:
+    table = scores(course, assignment)
+    if not table:
+        log("scores: the gradebook is empty")
+        return
+    for (a, s), row in sorted(table.items()):
+        cells = "  ".join(f"{k}={v[0]:g}/{v[1]:g}" for k, v in sorted(row["cells"].items()))
+        log(f"{a:20} {s:16} {row['score']:6.2f} / {row['max_score']:g}   {cells}")
+
+
+def _write_report(course: Course, name: str, text: str) -> None:
+    d = course.path("reports")
+    d.mkdir(parents=True, exist_ok=True)
+    (d / name).write_text(text)
+
+
+def feedback(course: Course, assignment=None, student=None, log=print) -> list[Path]:
+    api = course.api()
+    made = []
+    for a, s in _targets(course, assignment, student):
+        if not course.path("autograded", s, a).exists():
+            log(f"feedback: {s} / {a}: not autograded yet, skipped")
+            continue
+        result = api.generate_feedback(a, s, force=True)
+        html = course.path("feedback", s, a, f"{a}.html")
+        if result["success"] and html.exists():
+            made.append(html)
+            log(f"feedback: {s} / {a} → {html}")
+        else:
+            log(f"feedback: {s} / {a}: FAILED — {(result.get('error') or '').strip()[-300:]}")
+    return made
+
+
+def export(course: Course, csv_path: str, assignment=None, log=print) -> Path:
+    table = scores(course, assignment)
+    ids = sorted({gid for row in table.values() for gid in row["cells"]})
+    path = Path(csv_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["student", "assignment", "score", "max_score"] + ids)
+        for (a, s), row in sorted(table.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            w.writerow([s, a, f"{row['score']:g}", f"{row['max_score']:g}"]
+                       + [f"{row['cells'][g][0]:g}" if g in row["cells"] and row["cells"][g][0] is not None else ""
+                          for g in ids])
+    log(f"export: {len(table)} rows → {path}")
+    return path
+
+
+def regrade(course: Course, assignment=None, student=None, log=print) -> dict:
+    before = scores(course, assignment)
+    autograde(course, assignment, student, force=True, log=lambda *_: None)
+    after = scores(course, assignment)
+    changed = {}
+    for key in sorted(set(before) | set(after)):
+        b, a_ = before.get(key), after.get(key)
+        if student and key[1] != student:
+            continue
+        if b is None or a_ is None or abs((b["score"] or 0) - (a_["score"] or 0)) > 1e-9:
+            cells = []
+            for gid in sorted(set((b or {}).get("cells", {})) | set((a_ or {}).get("cells", {}))):
+                x = (b or {}).get("cells", {}).get(gid, (None, None))[0]
+                y = (a_ or {}).get("cells", {}).get(gid, (None, None))[0]
+                if x != y:
+                    cells.append(f"{gid}: {x} → {y}")
+            changed[key] = cells
+            log(f"regrade: {key[1]} / {key[0]}: {b and b['score']} → {a_ and a_['score']}  ({'; '.join(cells)})")
+    log(f"regrade: {len(changed)} submission(s) changed")
+    return changed
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m grader", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--course", help="course root (default grader/course)")
+    p.add_argument("--db", help="gradebook SQLAlchemy URL (default sqlite in the course root)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("release", help="generate notebooks/ from solutions/")
+    r.add_argument("--out", help="write the release here instead of notebooks/")
+    c = sub.add_parser("collect", help="take submissions in")
+    c.add_argument("paths", nargs="+")
+    c.add_argument("--student", help="student id, when the file names do not say")
+    for name in ("autograde", "feedback", "regrade"):
+        q = sub.add_parser(name)
+        q.add_argument("-a", "--assignment")
+        q.add_argument("-s", "--student")
+        if name == "autograde":
+            q.add_argument("--force", action="store_true", help="grade again what was already graded")
+    e = sub.add_parser("export")
+    e.add_argument("--csv", required=True)
+    e.add_argument("-a", "--assignment")
+    s = sub.add_parser("scores")
+    s.add_argument("-a", "--assignment")
+    pb = sub.add_parser("publish", help="write the student edition")
+    pb.add_argument("out")
+    pb.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    sub.add_parser("examples", help="rebuild grader/examples/ from the release and solutions")
+    args = p.parse_args(argv)
+    course = _course(args)
+
+    if args.cmd == "release":
+        release(course, args.out)
+    elif args.cmd == "collect":
+        from .collect import collect
+
+        outcomes = collect(course, args.paths, student=args.student)
+        return 0 if any(o.ok for o in outcomes) or not outcomes else 1
+    elif args.cmd == "autograde":
+        return 1 if autograde(course, args.assignment, args.student, force=args.force) else 0
+    elif args.cmd == "feedback":
+        feedback(course, args.assignment, args.student)
+    elif args.cmd == "export":
+        export(course, args.csv, args.assignment)
+    elif args.cmd == "regrade":
+        regrade(course, args.assignment, args.student)
+    elif args.cmd == "scores":
+        print_scores(course, args.assignment)
+    elif args.cmd == "publish":
+        from .publish import publish
+
+        publish(course, Path(args.out), force=args.force)
+    elif args.cmd == "examples":
+        from .examples import build_examples
+
+        build_examples(course)
+    return 0
+

@@ -1,0 +1,150 @@
+"""The checker machinery: quiet execution, poisoned outputs, mutation, errors, tolerances."""
+import os
+import sys
+import warnings
+
+import pytest
+import torch
+
+from effilab.formats import FORMATS
+from effilab.grading import TOLERANCES, check, compare_tensors, quiet
+from effilab.grading.core import Case, Exercise, Group, poisoned_allocations
+
+
+def test_quiet_captures_python_warnings_and_fd2(capfd):
+    with quiet() as captured:
+        warnings.warn("careful")
+        print("to python stderr", file=sys.stderr)
+        os.write(2, b"to fd 2\n")
+    out, err = capfd.readouterr()
+    assert err == ""
+    assert any("careful" in c for c in captured)
+    assert "to python stderr" in captured and "to fd 2" in captured
+
+
+def test_poisoned_allocations_fill_new_tensors():
+    with poisoned_allocations():
+        a = torch.empty(5)
+        b = torch.empty_like(torch.zeros(3, dtype=torch.int32))
+        c = torch.zeros(2).new_empty(4)
+    assert torch.isnan(a).all() and torch.isnan(c).all()
+    assert (b == torch.iinfo(torch.int32).min + 7).all()
+    assert not torch.isnan(torch.empty(1000)).all() or True  # restored: no exception, plain allocation
+
+
+class _Double(Exercise):
+    name = "_double_for_tests"
+    points = {"correctness": 2.0}
+
+    def groups(self, suite, seed):
+        return [Group("doubles", [Case("odd length", (torch.arange(1001, dtype=torch.float32),))], "multiply by 2"),
+                Group("empty", [Case("empty", (torch.zeros(0),))])]
+
+    def compare(self, out, case):
+        return compare_tensors(out, case.args[0] * 2)
+
+
+@pytest.fixture
+def ex():
+    return _Double()
+
+
+def test_correct_function_gets_all_points(ex):
+    v = ex.check_correctness(lambda x: x * 2)
+    assert v.points == 2.0 and v.passed
+
+
+def test_tail_left_unwritten_is_caught(ex):
+    def partial(x):
+        out = torch.empty_like(x)
+        out[:1000] = x[:1000] * 2  # forgets the last element
+        return out
+
+    v = ex.check_correctness(partial)
+    assert v.points == 1.0
+    assert "never wrote" in v.groups[0].message
+
+
+def test_input_mutation_is_caught(ex):
+    def in_place(x):
+        return x.mul_(2)
+
+    v = ex.check_correctness(in_place)
+    assert not v.groups[0].passed and "modified" in v.groups[0].message
+
+
+def test_exceptions_are_reported_not_raised(ex):
+    def stub(x):
+        raise NotImplementedError()
+
+    v = ex.check_correctness(stub)
+    assert v.points == 0
+    assert "not filled in yet" in v.groups[0].message
+
+    def broken(x):
+        return x.view(10, -1)  # 1001 elements: not divisible
+
+    v = ex.check_correctness(broken)
+    assert "RuntimeError" in v.groups[0].message
+
+
+def test_check_on_a_non_function_and_an_unknown_name(capsys):
+    v = check("round_to_bf16", None)
+    assert v.points == 0 and "not a function" in v.report()
+    with pytest.raises(KeyError, match="known"):
+        check("no_such_exercise", lambda: 0)
+    with pytest.raises(ValueError, match="parts"):
+        check("round_to_bf16", lambda x: x, part="memory")
+
+
+def test_check_writes_nothing_to_stderr_even_when_student_code_warns(capfd):
+    def noisy(x):
+        warnings.warn("student warning")
+        os.write(2, b"compiler chatter\n")
+        return x.to(torch.bfloat16)
+
+    v = check("round_to_bf16", noisy)
+    out, err = capfd.readouterr()
+    assert err == ""
+    assert "student warning" in out and v.points == 3.0
+
+
+def test_compare_reports_shape_dtype_and_values():
+    e = torch.ones(3, 4)
+    assert "shape" in compare_tensors(torch.ones(4, 3), e)
+    assert "dtype" in compare_tensors(torch.ones(3, 4, dtype=torch.float64), e)
+    assert "torch.Tensor" in compare_tensors([1, 2], e)
+    msg = compare_tensors(torch.full((3, 4), 1.1), e)
+    assert "12 of 12" in msg and "at [0, 0]" in msg and "yours 1.1" in msg
+    inf = torch.tensor([float("inf"), float("nan"), 1.0])
+    assert compare_tensors(inf.clone(), inf) is None
+    assert compare_tensors(torch.tensor([float("inf"), 1.0, 1.0]), inf) is not None
+
+
+def _through(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return x.to(dtype).to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype,lower", [(torch.float32, torch.bfloat16), (torch.float32, torch.float16),
+                                         (torch.float16, torch.bfloat16), (torch.float16, torch.float8_e4m3fn),
+                                         (torch.bfloat16, torch.float8_e4m3fn), (torch.float8_e4m3fn, torch.float8_e5m2)])
+def test_each_tolerance_accepts_its_dtype_and_rejects_a_lower_precision(dtype, lower):
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(4096, generator=g, dtype=torch.float64) * 3
+    expected = ref.to(dtype)
+    # the same value computed in the dtype itself, with a few ops of rounding error, passes
+    same = ((ref * 1.0001).to(dtype).to(torch.float64) / 1.0001).to(dtype)
+    assert compare_tensors(same, expected) is None, f"{dtype} tolerance rejects its own rounding"
+    # one that went through a lower precision fails
+    low = ref.to(lower).to(dtype)
+    assert compare_tensors(low, expected) is not None, f"{dtype} tolerance accepts {lower}"
+    assert dtype in TOLERANCES
+
+
+def test_decompose_inputs_are_big_enough():
+    from effilab.grading import get
+
+    groups = get("decompose").groups("public", 0)
+    assert len({c.args[1].name for g in groups for c in g.cases}) == len(FORMATS)
+    assert all(len(g.cases) >= 5 for g in groups)
+    assert all(c.args[0].numel() >= 65536 for g in groups for c in g.cases)
