@@ -409,6 +409,113 @@ def check(name: str, fn: Callable | None, part: str = "correctness", *, suite: s
     return v
 
 
+# ----------------------------------------------------------------------------------------------
+# Speed parts: the same recipe for every exercise
+# ----------------------------------------------------------------------------------------------
+def student_kernel_names(fn: Callable) -> set[str]:
+    """Names of the ``@triton.jit`` kernels the student's code defines (in ``fn``'s module globals)."""
+    names = set()
+    for obj in list(getattr(fn, "__globals__", {}).values()):
+        mod = getattr(obj, "__module__", "") or ""
+        if type(obj).__name__ in ("JITFunction", "Autotuner", "Heuristics") and not mod.startswith(("effilab", "triton")):
+            inner = obj
+            while hasattr(inner, "fn") and type(inner).__name__ != "JITFunction":
+                inner = inner.fn
+            names.add(getattr(inner, "__name__", "") or getattr(getattr(inner, "fn", None), "__name__", ""))
+    return {n for n in names if n}
+
+
+def reference_kernel_names() -> set[str]:
+    """Names of every Triton kernel in effilab's own modules (the student may not time those)."""
+    import importlib
+    import pkgutil
+
+    names = set()
+    try:
+        import effilab.ops as ops
+    except Exception:
+        return names
+    for info in pkgutil.iter_modules(ops.__path__, "effilab.ops."):
+        try:
+            mod = importlib.import_module(info.name)
+        except Exception:
+            continue
+        for obj in vars(mod).values():
+            if type(obj).__name__ == "JITFunction" and getattr(obj, "__module__", "").startswith("effilab"):
+                names.add(obj.__name__)
+    return names
+
+
+def launched_kernels(call: Callable) -> list[str]:
+    """CUDA kernel names launched by one ``call()`` (torch.profiler), in order, without duplicates."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        call()
+        torch.cuda.synchronize()
+    seen: dict[str, None] = {}
+    for evt in prof.events():
+        if getattr(evt, "device_type", None) is not None and "CUDA" in str(evt.device_type):
+            seen.setdefault(evt.name, None)
+    return list(seen)
+
+
+def speed_verdict(ex: "Exercise", fn: Callable, *, baseline: Callable, args: tuple, threshold: float,
+                  gate: Case | None = None, bytes_moved: int | None = None, flops: float | None = None,
+                  baseline_name: str = "baseline", require_own_triton: bool = True, advice: str = "") -> Verdict:
+    """Time ``fn(*args)`` against ``baseline(*args)`` on a CUDA GPU and award the speed points.
+
+    1. On a CPU: no points, and a note saying so.
+    2. ``gate``: the output on the timed input must be correct (``ex.run_case``) — speed only counts
+       for a correct answer.
+    3. Provenance: the timed call must launch one of the student's own ``@triton.jit`` kernels and
+       none of effilab's reference kernels (torch.profiler kernel names).
+    4. Both are timed in the same process, interleaved (:func:`effilab.bench.compare`: CUDA events,
+       warm-up, L2 flush, medians); full points when median(baseline) / median(yours) ≥ threshold.
+    The medians, spread, ratio and throughput are kept in ``Verdict.details`` (stored with the grade).
+    """
+    points = float(ex.points.get("speed", 0.0))
+    v = Verdict(ex.name, "speed", 0.0, points)
+    if not torch.cuda.is_available():
+        v.notes.append(f"speed: {NOT_ON_CPU}. On a GPU yours must be ≥ {threshold:g}× faster than {baseline_name}.")
+        return v
+    from .. import bench
+
+    if gate is not None:
+        problem = ex.run_case(fn, gate)
+        if problem is not None:
+            v.notes.append("not timed: your code is not correct on the timed input — " + problem)
+            return v
+    if require_own_triton:
+        own = student_kernel_names(fn)
+        ran = launched_kernels(lambda: fn(*args))
+        forbidden = sorted(set(ran) & reference_kernel_names())
+        v.details["kernels"] = ran[:20]
+        if forbidden:
+            v.notes.append(f"not timed: your code launches effilab's reference kernel(s) {forbidden}; write your own")
+            return v
+        if not any(any(name == k or k.startswith(name) for k in ran) for name in own):
+            v.notes.append("not timed: the timed call does not launch a Triton kernel defined in your notebook "
+                           f"(launched: {', '.join(ran[:6]) or 'nothing'}; yours: {', '.join(sorted(own)) or 'none found'})")
+            return v
+    cmp = bench.compare({"yours": lambda: fn(*args), baseline_name: lambda: baseline(*args)})
+    ratio = cmp.ratio(baseline_name, "yours")
+    t = cmp.timings["yours"]
+    tp = bench.throughput(t.median_ms, bytes=bytes_moved, flops=flops)
+    v.details.update({"ratio": ratio, "yours_ms": t.median_ms, "baseline_ms": cmp.timings[baseline_name].median_ms,
+                      "yours_spread": t.spread, "baseline_spread": cmp.timings[baseline_name].spread,
+                      "gbs": tp.gbs, "tflops": tp.tflops, "threshold": threshold})
+    v.notes.append(cmp.table())
+    v.notes.append(f"yours: {tp}")
+    if ratio >= threshold:
+        v.points = points
+        v.notes.append(f"speed-up {ratio:.2f}× ≥ {threshold:g}×: full points")
+    else:
+        v.notes.append(f"speed-up {ratio:.2f}× < {threshold:g}×" + (f": {advice}" if advice else ""))
+    return v
+
+
 def score_fraction(passed: Iterable[bool]) -> float:
     passed = list(passed)
     return sum(passed) / len(passed) if passed else 0.0

@@ -1,0 +1,295 @@
+# effilab: instructor-only
+"""Memory-lean fused cross-entropy over logits in Triton (reference solution of notebook 08).
+
+For a row of logits ``x`` (length ``V``, the vocabulary) and a target class ``t``::
+
+    loss = logsumexp(x) - x_t           d loss / d x_j = softmax(x)_j - [j == t]
+
+With a large vocabulary (Llama 3: V = 128256) the logits dominate activation memory: 8192 tokens
+x 128256 classes is 2 GiB in bf16, and eager PyTorch materialises several more full-size
+tensors (an fp32 upcast, ``log_softmax``, its gradient). This kernel needs none of them:
+
+* **Online logsumexp** (Milakov & Gimelshein, 2018, "Online normalizer calculation for softmax"):
+  one pass over the row in chunks of ``BLOCK_V`` keeps a running max ``m`` and a running sum
+  ``s`` of ``exp(x - m)``, rescaling ``s`` whenever the max grows. No full row is ever held.
+* **Gradient in the forward, written in place**: the loss is (almost always) the last op of the
+  graph, so the gradient w.r.t. the logits is known as soon as the logsumexp is. A second pass
+  over the row writes ``softmax - onehot`` (times ``1 / n_valid`` for the mean) *into the logits
+  buffer*, which is then handed to autograd as the gradient; backward only rescales it by
+  ``grad_output`` (a no-op for the usual ``loss.backward()``). Extra memory is O(N) floats. This is
+  the scheme of Liger-Kernel's cross-entropy (Hsu et al., 2024, "Liger Kernel: Efficient Triton
+  Kernels for LLM Training").
+
+Caveat of the in-place scheme: after the forward, the tensor you passed as ``logits`` holds the
+gradient, not the logits. Pass ``inplace=False`` to keep the logits intact, at the cost of one
+extra logits-sized buffer (still no fp32 copies).
+
+``ignore_index`` rows get zero loss and zero gradient; ``reduction="mean"`` divides by the number
+of non-ignored rows, like ``torch.nn.functional.cross_entropy``.
+
+Layout: reference -> kernels -> launchers -> autograd.Function -> ``cross_entropy``.
+"""
+from __future__ import annotations
+
+import torch
+
+import effilab  # noqa: F401  (must precede triton)
+import triton
+import triton.language as tl
+
+from ._utils import is_interpreter, next_power_of_2
+
+__all__ = ["cross_entropy_reference", "cross_entropy", "CrossEntropyFunction", "CONFIGS"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Reference
+# ---------------------------------------------------------------------------------------------
+def cross_entropy_reference(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -100, reduction: str = "mean"
+) -> torch.Tensor:
+    """``F.cross_entropy`` on fp32-upcast logits, cast back to ``logits.dtype``."""
+    loss = torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=ignore_index,
+        reduction=reduction,
+    )
+    return loss.to(logits.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Kernels
+# ---------------------------------------------------------------------------------------------
+@triton.jit
+def _cross_entropy_fwd_kernel(
+    logits_ptr,  # *T    logits, (n_rows, n_cols), unit column stride
+    grad_ptr,  # *T    out: d loss_total / d logits (may alias logits_ptr: in-place), unit col stride
+    target_ptr,  # *int  target class per row, (n_rows,); ignore_index marks rows to skip
+    loss_ptr,  # *f32  out: per-row loss, (n_rows,); 0 for ignored rows
+    lse_ptr,  # *f32  out: per-row logsumexp, (n_rows,)
+    n_valid_ptr,  # *f32  number of non-ignored rows (a 1-element device tensor: no host sync)
+    stride_logits_row,  # elements between rows of logits
+    stride_grad_row,  # elements between rows of grad
+    n_rows,  # N: number of rows (tokens)
+    n_cols,  # V: number of classes
+    ignore_index,  # target value of rows that are ignored
+    MEAN: tl.constexpr,  # reduction == "mean": scale the gradient by 1 / n_valid
+    COMPUTE_GRAD: tl.constexpr,  # run the second pass that writes the gradient
+    BLOCK_M: tl.constexpr,  # rows per program (1 on the GPU; more in the interpreter)
+    BLOCK_V: tl.constexpr,  # vocabulary chunk per loop iteration (power of two)
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_rows
+    rows64 = rows.to(tl.int64)
+    x_row = logits_ptr + rows64 * stride_logits_row  # (BLOCK_M,) row base pointers
+
+    target = tl.load(target_ptr + rows, mask=row_ok, other=ignore_index).to(tl.int64)
+    valid = (target != ignore_index) & row_ok
+
+    # ---- pass 1: online logsumexp over vocabulary chunks -----------------------------------
+    # Start from a very negative *finite* max so that fully masked chunks never produce
+    # exp(-inf - (-inf)) = nan.
+    m = tl.full((BLOCK_M,), -3.0e38, dtype=tl.float32)  # running max
+    s = tl.zeros((BLOCK_M,), dtype=tl.float32)  # running sum of exp(x - m)
+    for start in range(0, n_cols, BLOCK_V):
+        start = tl.multiple_of(start, BLOCK_V)
+        cols = start + tl.arange(0, BLOCK_V)
+        mask = row_ok[:, None] & (cols[None, :] < n_cols)
+        x = tl.load(x_row[:, None] + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32)
+        m_new = tl.maximum(m, tl.max(x, axis=1))
+        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
+        m = m_new
+    lse = m + tl.log(tl.where(row_ok, s, 1.0))  # rows past the end: avoid log(0)
+
+    # The target logit, read before pass 2 may overwrite the row.
+    x_t = tl.load(x_row + tl.where(valid, target, 0), mask=valid, other=0.0).to(tl.float32)
+    loss = tl.where(valid, lse - x_t, 0.0)
+    tl.store(loss_ptr + rows, loss, mask=row_ok)
+    tl.store(lse_ptr + rows, lse, mask=row_ok)
+
+    # ---- pass 2: gradient softmax - onehot, scaled, written over the row --------------------
+    if COMPUTE_GRAD:
+        if MEAN:
+            n_valid = tl.load(n_valid_ptr)
+            scale = tl.where(valid, 1.0 / n_valid, 0.0)  # where, not multiply: n_valid may be 0
+        else:
+            scale = tl.where(valid, 1.0, 0.0)
+        g_row = grad_ptr + rows64 * stride_grad_row
+        for start in range(0, n_cols, BLOCK_V):
+            start = tl.multiple_of(start, BLOCK_V)
+            cols = start + tl.arange(0, BLOCK_V)
+            mask = row_ok[:, None] & (cols[None, :] < n_cols)
+            x = tl.load(x_row[:, None] + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32)
+            p = tl.exp(x - lse[:, None])
+            p = tl.where(cols[None, :] == target[:, None], p - 1.0, p)
+            g = p * scale[:, None]
+            tl.store(g_row[:, None] + cols[None, :], g.to(grad_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _scale_rows_kernel(
+    g_ptr,  # *T   gradient buffer to rescale in place, (n_rows, n_cols), unit column stride
+    scale_ptr,  # *f32 scale: one value (PER_ROW=False) or one per row (PER_ROW=True)
+    stride_g_row,  # elements between rows of g
+    n_rows,  # number of rows
+    n_cols,  # number of columns
+    PER_ROW: tl.constexpr,  # reduction="none": grad_output has one entry per row
+    BLOCK_M: tl.constexpr,  # rows per program
+    BLOCK_V: tl.constexpr,  # columns per program
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
+    row_ok = rows < n_rows
+    mask = row_ok[:, None] & (cols[None, :] < n_cols)
+    if PER_ROW:
+        scale = tl.load(scale_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+    else:
+        scale = tl.load(scale_ptr + rows * 0).to(tl.float32)  # broadcast the scalar
+    ptrs = g_ptr + rows.to(tl.int64)[:, None] * stride_g_row + cols[None, :]
+    g = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(ptrs, (g * scale[:, None]).to(g_ptr.dtype.element_ty), mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Launchers
+# ---------------------------------------------------------------------------------------------
+# (BLOCK_V, num_warps) candidates for the benchmark sweep.
+CONFIGS = [(4096, 8), (8192, 16), (16384, 16), (16384, 32), (32768, 32)]
+DEFAULT_CONFIG = (8192, 16)
+
+
+def _fwd_config(n_cols: int, config=None) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_V, num_warps)."""
+    if is_interpreter():
+        block_v = min(next_power_of_2(n_cols), 4096)
+        return max(1, min(64, 65536 // block_v)), block_v, 4
+    block_v, num_warps = config if config is not None else DEFAULT_CONFIG
+    block_v = min(block_v, max(next_power_of_2(n_cols), 128))
+    num_warps = min(num_warps, max(4, block_v // 512))  # small vocabularies: fewer warps
+    return 1, block_v, num_warps
+
+
+def cross_entropy_forward(
+    logits2: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    compute_grad: bool = True,
+    inplace: bool = True,
+    config=None,
+):
+    """Launch the fused kernel on (N, V) logits. Returns ``(loss, grad_or_None, lse, n_valid)``.
+
+    ``loss`` is reduced as asked, in fp32; ``grad`` is ``d reduced_loss / d logits`` for a
+    ``grad_output`` of 1 (``logits2`` itself when ``inplace``).
+    """
+    n_rows, n_cols = logits2.shape
+    device = logits2.device
+    target = target.reshape(-1)
+    if target.shape[0] != n_rows:
+        raise ValueError(f"target has {target.shape[0]} entries for {n_rows} rows of logits")
+    target = target.contiguous()
+    loss_rows = torch.empty(n_rows, dtype=torch.float32, device=device)
+    lse = torch.empty(n_rows, dtype=torch.float32, device=device)
+    n_valid = (target != ignore_index).sum().to(torch.float32).reshape(1)
+    if compute_grad:
+        grad = logits2 if inplace else torch.empty((n_rows, n_cols), dtype=logits2.dtype, device=device)
+    else:
+        grad = None
+    if n_rows > 0:
+        block_m, block_v, num_warps = _fwd_config(n_cols, config)
+        g = grad if grad is not None else logits2  # never written when COMPUTE_GRAD is False
+        _cross_entropy_fwd_kernel[(triton.cdiv(n_rows, block_m),)](
+            logits2, g, target, loss_rows, lse, n_valid,
+            logits2.stride(0), g.stride(0),
+            n_rows, n_cols, ignore_index,
+            MEAN=(reduction == "mean"), COMPUTE_GRAD=compute_grad,
+            BLOCK_M=block_m, BLOCK_V=block_v,
+            num_warps=num_warps,
+        )
+    if reduction == "mean":
+        loss = loss_rows.sum() / n_valid[0]
+    elif reduction == "sum":
+        loss = loss_rows.sum()
+    else:
+        loss = loss_rows
+    return loss, grad, lse, n_valid
+
+
+def scale_rows_(grad2: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """In place ``grad2 *= scale`` with ``scale`` a scalar tensor or one value per row."""
+    n_rows, n_cols = grad2.shape
+    if grad2.numel() == 0:
+        return grad2
+    per_row = scale.numel() != 1
+    scale = scale.reshape(-1).to(torch.float32).contiguous()
+    if is_interpreter():
+        block_v = min(next_power_of_2(n_cols), 4096)
+        block_m, num_warps = max(1, min(64, 65536 // block_v)), 4
+    else:
+        block_m, block_v, num_warps = 1, min(next_power_of_2(n_cols), 4096), 8
+    grid = (triton.cdiv(n_rows, block_m), triton.cdiv(n_cols, block_v))
+    _scale_rows_kernel[grid](
+        grad2, scale, grad2.stride(0), n_rows, n_cols,
+        PER_ROW=per_row, BLOCK_M=block_m, BLOCK_V=block_v, num_warps=num_warps,
+    )
+    return grad2
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Autograd
+# ---------------------------------------------------------------------------------------------
+class CrossEntropyFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, target, ignore_index=-100, reduction="mean", inplace=True, config=None,
+                compute_grad=True):
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        v = logits.shape[-1]
+        logits2 = logits.reshape(-1, v)
+        if logits2.stride(-1) != 1:
+            logits2 = logits2.contiguous()  # then "in place" means in place in this copy
+        loss, grad, _, _ = cross_entropy_forward(
+            logits2, target, ignore_index, reduction, compute_grad=compute_grad, inplace=inplace, config=config
+        )
+        if grad is not None:
+            ctx.save_for_backward(grad)
+        ctx.logits_shape = logits.shape
+        return loss.to(logits.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        if grad_output.numel() == 1:
+            # The usual loss.backward(): grad_output is exactly 1 and the buffer is final. The check
+            # costs one host sync; any other scalar rescales the buffer in place.
+            if not bool(grad_output == 1):
+                scale_rows_(grad, grad_output)
+        else:  # reduction="none": one scale per row
+            scale_rows_(grad, grad_output.reshape(-1))
+        return grad.view(ctx.logits_shape), None, None, None, None, None, None
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Functional entry point
+# ---------------------------------------------------------------------------------------------
+def cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    *,
+    inplace: bool = True,
+    config=None,
+) -> torch.Tensor:
+    """Fused cross-entropy of ``logits`` (..., V) against integer ``target`` (...), with autograd.
+
+    Matches ``F.cross_entropy(logits.view(-1, V), target.view(-1), ignore_index=..., reduction=...)``
+    (no class weights, no label smoothing). The loss is returned in ``logits.dtype``.
+
+    When ``logits`` requires grad the gradient is computed during the forward pass and, with
+    ``inplace=True`` (the default, memory-lean), **written over ``logits``**: do not read the logits
+    after this call. ``config=(BLOCK_V, num_warps)`` overrides the GPU launch.
+    """
+    compute_grad = torch.is_grad_enabled() and logits.requires_grad
+    return CrossEntropyFunction.apply(logits, target, ignore_index, reduction, inplace, config, compute_grad)

