@@ -84,7 +84,13 @@ def scores(course: Course, assignment: str | None = None) -> dict[tuple[str, str
     return out
 
 
-def autograde(course: Course, assignment=None, student=None, force=False, log=print) -> int:
+def autograde(course: Course, assignment=None, student=None, force=False, verify=True, log=print) -> int:
+    """nbgrader's autograde (the notebook's own check cells: the student's self-check), then the
+    authoritative verification outside the notebook kernel (:mod:`grader.verify`), whose scores the
+    gradebook keeps. A submission counts as graded only once ``.effilab-graded`` is written, so a run
+    killed half-way is finished by the next one and nothing is graded twice."""
+    from .verify import record, verify_notebook
+
     targets = _targets(course, assignment, student)
     if not targets:
         log("autograde: nothing submitted (run `python -m grader collect PATH…` first)")
@@ -94,8 +100,8 @@ def autograde(course: Course, assignment=None, student=None, force=False, log=pr
     for a in sorted({a for a, _ in targets}):
         ensure_released(course, a, log)
     for a, s in targets:
-        done = course.path("autograded", s, a)
-        if done.exists() and not force:
+        marker = course.path("autograded", s, a, ".effilab-graded")
+        if marker.exists() and not force:
             log(f"autograde: {s} / {a}: already graded (use regrade to grade again)")
             continue
         log(f"autograde: {s} / {a} …")
@@ -105,6 +111,11 @@ def autograde(course: Course, assignment=None, student=None, force=False, log=pr
             why = (result.get("error") or "").strip().splitlines()[-1:] or ["see the log"]
             log(f"autograde: {s} / {a}: FAILED — {why[0]}")
             _write_report(course, f"autograde-{a}-{s}.log", result.get("log", "") + "\n" + (result.get("error") or ""))
+            continue
+        if verify:
+            results = verify_notebook(course, a, course.path("submitted", s, a, f"{a}.ipynb"), log=log)
+            record(course, a, s, results)
+        marker.write_text("graded\n")
     print_scores(course, assignment, log)
     return failures
 
@@ -200,6 +211,8 @@ def main(argv=None) -> int:
         q.add_argument("-s", "--student")
         if name == "autograde":
             q.add_argument("--force", action="store_true", help="grade again what was already graded")
+            q.add_argument("--no-verify", action="store_true",
+                           help="keep the in-notebook scores (skips the authoritative out-of-kernel run)")
     e = sub.add_parser("export")
     e.add_argument("--csv", required=True)
     e.add_argument("-a", "--assignment")
@@ -220,7 +233,7 @@ def main(argv=None) -> int:
         outcomes = collect(course, args.paths, student=args.student)
         return 0 if any(o.ok for o in outcomes) or not outcomes else 1
     elif args.cmd == "autograde":
-        return 1 if autograde(course, args.assignment, args.student, force=args.force) else 0
+        return 1 if autograde(course, args.assignment, args.student, force=args.force, verify=not args.no_verify) else 0
     elif args.cmd == "feedback":
         feedback(course, args.assignment, args.student)
     elif args.cmd == "export":

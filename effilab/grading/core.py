@@ -291,6 +291,9 @@ class Exercise:
     title: str = ""
     points: dict[str, float] = {"correctness": 1.0}
     signature: str = ""  # shown when the name is missing or has the wrong signature
+    # What the grader's static check rejects in the student's code for this exercise:
+    forbidden: tuple[str, ...] = ()  # dotted names (and their submodules/attributes), aliases resolved
+    forbidden_source: tuple[tuple[str, str], ...] = ()  # (regex, why) on the source text
 
     # -- to implement ---------------------------------------------------------------------------
     def groups(self, suite: str, seed: int) -> list[Group]:

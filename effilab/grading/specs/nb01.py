@@ -177,6 +177,8 @@ class RoundToBF16(Exercise):
     title = "fp32 → bf16 with round-to-nearest-even, by integer arithmetic"
     points = {"correctness": 3.0}
     signature = "round_to_bf16(x: torch.Tensor[float32]) -> torch.Tensor[bfloat16]"
+    forbidden_source = ((r"\.to\(\s*(torch\.)?bfloat16|\.bfloat16\(\)|\.type\(\s*torch\.bfloat16",
+                         "converting with torch does the whole exercise: use integer operations on the bits"),)
 
     _GROUPS = [
         ("normal numbers", "normal", "add 0x7FFF plus the lowest kept bit ((bits >> 16) & 1) to the fp32 bits, "
@@ -253,6 +255,7 @@ class StochasticRoundBF16(Exercise):
     title = "A Triton kernel: fp32 → bf16 with stochastic rounding"
     points = {"correctness": 3.0, "speed": 2.0}
     signature = "stochastic_round_bf16(x: torch.Tensor[float32], seed: int) -> torch.Tensor[bfloat16]"
+    forbidden = ("effilab.formats.stochastic_round_bf16_torch",)
 
     def groups(self, suite, seed):
         dev = _device()

@@ -1,0 +1,188 @@
+"""Take a student's code for one exercise out of a submitted notebook, and check it statically.
+
+*Extraction.* The code graded for exercise ``E`` is the instructor's own setup cell (the locked
+``setup_imports`` cell of ``solutions/``, never the student's copy) plus the student's solution
+cells that define ``E`` and, transitively, the names those cells use. Another exercise's cell —
+possibly broken, possibly hostile — is not run when ``E`` is graded.
+
+*Static checks.* Each exercise lists ``forbidden`` dotted names (library ops that do the whole job,
+the effilab reference kernels) and the checker rejects code that imports or refers to them, also
+through aliases (``import torch.nn.functional as F; F.rms_norm``) or ``getattr(module, "name")``
+with a constant string, and any reference to effilab's instructor modules.
+"""
+from __future__ import annotations
+
+import ast
+import builtins
+from dataclasses import dataclass
+
+import nbformat
+
+ALWAYS_FORBIDDEN = ("effilab.ops.rmsnorm", "effilab.ops.swiglu", "effilab.ops.cross_entropy",
+                    "effilab.ops.flash_attention", "grader", "effilab.grading")
+
+
+@dataclass
+class Cell:
+    index: int
+    grade_id: str
+    source: str
+    defines: set
+    uses: set
+
+
+def _top_level_names(tree: ast.Module) -> set[str]:
+    out = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for t in targets:
+                for n in ast.walk(t):
+                    if isinstance(n, ast.Name):
+                        out.add(n.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for a in node.names:
+                out.add((a.asname or a.name).split(".")[0])
+    return out
+
+
+def _used_names(tree: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+
+
+def _strip_magics(src: str) -> str:
+    return "\n".join("" if ln.lstrip().startswith(("%", "!")) else ln for ln in src.splitlines())
+
+
+def solution_cells(nb) -> list[Cell]:
+    cells = []
+    for i, c in enumerate(nb.cells):
+        meta = c.get("metadata", {}).get("nbgrader", {}) or {}
+        if c.get("cell_type") != "code" or not meta.get("solution"):
+            continue
+        src = _strip_magics(c.get("source", ""))
+        try:
+            tree = ast.parse(src)
+            defines, uses = _top_level_names(tree), _used_names(tree)
+        except SyntaxError:
+            defines, uses = set(), set()
+        cells.append(Cell(i, str(meta.get("grade_id", f"cell-{i}")), src, defines, uses))
+    return cells
+
+
+def setup_source(source_nb) -> str:
+    for c in source_nb.cells:
+        if str(c.get("metadata", {}).get("nbgrader", {}).get("grade_id", "")).startswith("setup"):
+            return _strip_magics(c.source)
+    return ""
+
+
+def cells_for(name: str, cells: list[Cell]) -> list[Cell]:
+    """The solution cells that define ``name`` and, transitively, what they use (notebook order)."""
+    wanted, chosen, frontier = set(), {}, {name}
+    builtin_names = set(dir(builtins))
+    while frontier:
+        n = frontier.pop()
+        wanted.add(n)
+        for c in cells:
+            if n in c.defines and c.index not in chosen:
+                chosen[c.index] = c
+                frontier |= {u for u in c.uses if u not in wanted and u not in builtin_names}
+    return [chosen[i] for i in sorted(chosen)]
+
+
+# ---------------------------------------------------------------------------------------------
+# static checks
+# ---------------------------------------------------------------------------------------------
+def _dotted(node: ast.AST) -> str | None:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+        return ".".join(reversed(parts))
+    return None
+
+
+def _code_only(source: str) -> str:
+    """``source`` without comments and docstrings (via the AST)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return source
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            body[0] = ast.Pass()
+    return ast.unparse(tree)
+
+
+def static_problems(source: str, forbidden: tuple[str, ...] = (), forbidden_source: tuple = ()) -> list[str]:
+    """Forbidden imports/references in ``source`` (resolving import aliases), and source patterns
+    ``(regex, why)`` an exercise rules out; [] when clean."""
+    import re
+
+    forbidden = tuple(forbidden) + ALWAYS_FORBIDDEN
+    pattern_problems = []
+    if forbidden_source:
+        code = _code_only(source)  # comments and docstrings may mention what the code may not do
+        for pat, why in forbidden_source:
+            for m in re.finditer(pat, code):
+                pattern_problems.append(f"{m.group(0)!r} — {why}")
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as e:
+        return [f"your code has a syntax error (line {e.lineno}): {e.msg}"]
+    aliases: dict[str, str] = {}
+    problems = []
+
+    def hit(full: str) -> str | None:
+        for f in forbidden:
+            if full == f or full.startswith(f + "."):
+                return f
+        return None
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                aliases[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+                f = hit(a.name)
+                if f:
+                    problems.append(f"line {node.lineno}: imports {a.name} — {f} may not be used in this exercise")
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for a in node.names:
+                full = f"{node.module}.{a.name}"
+                aliases[a.asname or a.name] = full
+                f = hit(full) or hit(node.module)
+                if f:
+                    problems.append(f"line {node.lineno}: imports {full} — {f} may not be used in this exercise")
+    for node in ast.walk(tree):
+        name = None
+        if isinstance(node, ast.Attribute):
+            d = _dotted(node)
+            if d:
+                head, _, rest = d.partition(".")
+                name = aliases.get(head, head) + ("." + rest if rest else "")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr" \
+                and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str):
+            base = _dotted(node.args[0])
+            if base:
+                head, _, rest = base.partition(".")
+                name = aliases.get(head, head) + ("." + rest if rest else "") + "." + node.args[1].value
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("__import__", "exec", "eval", "compile"):
+            problems.append(f"line {node.lineno}: {node.func.id}() is not allowed in graded code")
+        elif isinstance(node, ast.Call) and _dotted(node.func) in ("importlib.import_module",):
+            problems.append(f"line {node.lineno}: importlib.import_module() is not allowed in graded code")
+        if name:
+            f = hit(name)
+            if f:
+                problems.append(f"line {node.lineno}: uses {name} — {f} may not be used in this exercise")
+    return sorted(set(problems + pattern_problems))
+
+
+def load(path) -> nbformat.NotebookNode:
+    return nbformat.read(str(path), as_version=4)

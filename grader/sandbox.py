@@ -1,0 +1,137 @@
+"""Guards for the grading worker, installed after the trusted code is imported and before any
+student code runs.
+
+* An audit hook (PEP 578; it cannot be removed once added) refuses, from student code, starting
+  processes, opening network sockets, loading native libraries through ctypes, and opening files
+  under the course's secret folders (gradebook, solutions, hidden tests) or writing outside the
+  worker's scratch folder. Calls made by torch's or triton's own code (e.g. Triton invoking its
+  compiler) are allowed: the hook looks at who is calling.
+* :class:`Integrity` remembers the objects the checker relies on (timers, CUDA events, the
+  checker's functions) and says which were replaced; the worker restores them and scores the
+  part 0 when student code tampered with them.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+import time
+
+_ACTIVE = [False]
+_DENY_READ: list[str] = []
+_ALLOW_WRITE: list[str] = []
+_TRUSTED_DIRS: list[str] = []
+
+DENIED_EVENTS = {
+    "subprocess.Popen": "starting a process",
+    "os.system": "starting a process",
+    "os.exec": "starting a process",
+    "os.posix_spawn": "starting a process",
+    "os.spawn": "starting a process",
+    "os.fork": "starting a process",
+    "os.forkpty": "starting a process",
+    "os.kill": "signalling a process",
+    "socket.connect": "network access",
+    "socket.bind": "network access",
+    "socket.getaddrinfo": "network access",
+    "socket.sendto": "network access",
+    "ctypes.dlopen": "loading native code",
+    "ctypes.dlsym": "loading native code",
+    "ctypes.cdata": "raw memory access",
+    "sys.settrace": "tracing the grader",
+    "sys.setprofile": "tracing the grader",
+}
+
+
+def _trusted_caller() -> bool:
+    f = sys._getframe(2)
+    while f is not None:
+        fn = f.f_code.co_filename
+        if any(fn.startswith(d) for d in _TRUSTED_DIRS):
+            return True
+        f = f.f_back
+    return False
+
+
+def _hook(event: str, args) -> None:
+    if not _ACTIVE[0]:
+        return
+    if event in DENIED_EVENTS:
+        if not _trusted_caller():
+            raise PermissionError(f"grading sandbox: {DENIED_EVENTS[event]} ({event}) is not allowed in graded code")
+        return
+    if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
+        path = os.path.realpath(os.fsdecode(args[0]))
+        mode = args[1] if len(args) > 1 and isinstance(args[1], str) else "r"
+        flags = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
+        if any(path.startswith(d) for d in _DENY_READ):
+            raise PermissionError(f"grading sandbox: reading {path} is not allowed")
+        writing = any(c in mode for c in "wax+") or bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+        if writing and not any(path.startswith(d) for d in _ALLOW_WRITE) and not _trusted_caller():
+            raise PermissionError(f"grading sandbox: writing {path} is not allowed")
+
+
+def install(deny_read: list[str], allow_write: list[str]) -> None:
+    """Add the audit hook (once per process) and arm it."""
+    import torch
+
+    _DENY_READ[:] = [os.path.realpath(d) for d in deny_read]
+    _ALLOW_WRITE[:] = [os.path.realpath(d) for d in allow_write] + ["/dev/null"]
+    trusted = [os.path.dirname(torch.__file__)]
+    try:
+        import triton
+
+        trusted.append(os.path.dirname(triton.__file__))
+    except ImportError:
+        pass
+    trusted.append(sysconfig.get_paths()["stdlib"] + os.sep + "multiprocessing")
+    _TRUSTED_DIRS[:] = [os.path.realpath(d) + os.sep for d in trusted]
+    sys.addaudithook(_hook)
+    _ACTIVE[0] = True
+
+
+class Integrity:
+    """Snapshot of (owner, attribute) → object for what the checker relies on."""
+
+    def __init__(self):
+        import builtins
+
+        import torch
+
+        import effilab.bench as bench
+        import effilab.grading.compare as compare
+        import effilab.grading.core as core
+
+        self.items: list[tuple[object, str, object]] = []
+        watch = [(time, ["perf_counter", "perf_counter_ns", "time", "monotonic", "sleep"]),
+                 (builtins, ["isinstance", "len", "float", "range", "print", "open", "__import__"]),
+                 (torch, ["empty", "empty_like", "equal", "isnan", "where", "randn", "randint", "manual_seed"]),
+                 (torch.Tensor, ["clone", "cpu", "to", "view", "__eq__", "__ne__", "equal", "item", "sum", "any", "all"]),
+                 (core, [n for n in dir(core) if not n.startswith("__")]),
+                 (compare, [n for n in dir(compare) if not n.startswith("__")]),
+                 (bench, [n for n in dir(bench) if not n.startswith("__")])]
+        watch.append((torch.cuda, ["Event", "synchronize", "Stream", "current_stream", "max_memory_allocated",
+                                   "reset_peak_memory_stats", "memory_allocated", "empty_cache", "is_available"]))
+        for owner, names in watch:
+            for n in names:
+                if hasattr(owner, n):
+                    self.items.append((owner, n, getattr(owner, n)))
+        for name, ex in core.REGISTRY.items():
+            for n in ("run_case", "check_correctness", "compare", "groups", "speed", "memory"):
+                if hasattr(type(ex), n):
+                    self.items.append((type(ex), n, getattr(type(ex), n)))
+
+    def changed(self) -> list[str]:
+        out = []
+        for owner, n, obj in self.items:
+            if getattr(owner, n, None) is not obj:
+                out.append(f"{getattr(owner, '__name__', type(owner).__name__)}.{n}")
+        return out
+
+    def restore(self) -> None:
+        for owner, n, obj in self.items:
+            if getattr(owner, n, None) is not obj:
+                try:
+                    setattr(owner, n, obj)
+                except (AttributeError, TypeError):
+                    pass
