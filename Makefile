@@ -15,11 +15,11 @@ lab: $(VENV)/.installed
 	$(VENV)/bin/jupyter lab notebooks/
 
 test: $(VENV)/.installed
-	MPLBACKEND=Agg $(PY) -m pytest $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" MPLBACKEND=Agg $(PY) -m pytest $(PYTEST_ARGS)
 
 # Skip the tests that execute whole notebooks and run nbgrader end to end.
 test-fast: $(VENV)/.installed
-	MPLBACKEND=Agg $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" MPLBACKEND=Agg $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 release: $(VENV)/.installed
 	$(PY) -m grader release

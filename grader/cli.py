@@ -84,7 +84,8 @@ def scores(course: Course, assignment: str | None = None) -> dict[tuple[str, str
     return out
 
 
-def autograde(course: Course, assignment=None, student=None, force=False, verify=True, log=print) -> int:
+def autograde(course: Course, assignment=None, student=None, force=False, verify=True, workers=1,
+              log=print) -> int:
     """nbgrader's autograde (the notebook's own check cells: the student's self-check), then the
     authoritative verification outside the notebook kernel (:mod:`grader.verify`), whose scores the
     gradebook keeps. A submission counts as graded only once ``.effilab-graded`` is written, so a run
@@ -95,6 +96,8 @@ def autograde(course: Course, assignment=None, student=None, force=False, verify
     if not targets:
         log("autograde: nothing submitted (run `python -m grader collect PATH…` first)")
         return 0
+    if workers > 1:
+        return _autograde_parallel(course, targets, workers, force, verify, log)
     api = course.api()
     failures = 0
     for a in sorted({a for a, _ in targets}):
@@ -118,6 +121,52 @@ def autograde(course: Course, assignment=None, student=None, force=False, verify
         marker.write_text("graded\n")
     print_scores(course, assignment, log)
     return failures
+
+
+def _autograde_parallel(course: Course, targets, workers: int, force: bool, verify: bool, log) -> int:
+    """One grading process per submission, at most ``workers`` at a time, each pinned to its own GPU
+    (``CUDA_VISIBLE_DEVICES``) when there are GPUs, so speed checks never share one."""
+    import os
+    import subprocess
+    import sys
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    for a in sorted({a for a, _ in targets}):
+        ensure_released(course, a, log)
+    try:
+        import torch
+
+        n_gpus = torch.cuda.device_count()
+    except Exception:
+        n_gpus = 0
+    free = list(range(workers))
+    lock = threading.Lock()
+
+    def one(target):
+        a, s = target
+        with lock:
+            slot = free.pop()
+        env = dict(os.environ)
+        if n_gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(slot % n_gpus)
+        cmd = [sys.executable, "-m", "grader", "--course", str(course.root), "--db", course.db_url, "autograde",
+               "-a", a, "-s", s] + (["--force"] if force else []) + ([] if verify else ["--no-verify"])
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        finally:
+            with lock:
+                free.append(slot)
+        status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
+        log(f"autograde: {s} / {a}: {status}" + (f" on GPU {slot % n_gpus}" if n_gpus else f" (worker {slot})"))
+        if proc.returncode:
+            _write_report(course, f"autograde-{a}-{s}.log", proc.stdout + proc.stderr)
+        return proc.returncode
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        codes = list(pool.map(one, targets))
+    print_scores(course, None, log)
+    return sum(1 for c in codes if c)
 
 
 def print_scores(course: Course, assignment=None, log=print) -> None:
@@ -211,6 +260,8 @@ def main(argv=None) -> int:
         q.add_argument("-s", "--student")
         if name == "autograde":
             q.add_argument("--force", action="store_true", help="grade again what was already graded")
+            q.add_argument("--workers", type=int, default=1,
+                           help="grade N submissions at once, each on its own GPU when there are GPUs")
             q.add_argument("--no-verify", action="store_true",
                            help="keep the in-notebook scores (skips the authoritative out-of-kernel run)")
     e = sub.add_parser("export")
@@ -233,7 +284,8 @@ def main(argv=None) -> int:
         outcomes = collect(course, args.paths, student=args.student)
         return 0 if any(o.ok for o in outcomes) or not outcomes else 1
     elif args.cmd == "autograde":
-        return 1 if autograde(course, args.assignment, args.student, force=args.force, verify=not args.no_verify) else 0
+        return 1 if autograde(course, args.assignment, args.student, force=args.force, verify=not args.no_verify,
+                                 workers=args.workers) else 0
     elif args.cmd == "feedback":
         feedback(course, args.assignment, args.student)
     elif args.cmd == "export":

@@ -34,7 +34,8 @@ class Course:
         self.repo = Path(self.repo).resolve()
         self.root = Path(self.root).resolve() if self.root else self.repo / "grader" / "course"
         if not self.db_url:
-            self.db_url = f"sqlite:///{self.root / 'gradebook.db'}"
+            # a busy timeout, so that parallel graders (autograde --workers N) wait for each other
+            self.db_url = f"sqlite:///{self.root / 'gradebook.db'}?timeout=60"
 
     # -- paths ------------------------------------------------------------------------------------
     @property
@@ -73,6 +74,10 @@ class Course:
             dst.parent.mkdir(parents=True, exist_ok=True)
             if not dst.exists() or not filecmp.cmp(src, dst, shallow=False):
                 shutil.copyfile(src, dst)
+        # nbgrader runs the `alembic` command of this Python's environment when it creates a gradebook.
+        bindir = os.path.dirname(sys.executable)
+        if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+            os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
         # The grading kernels must import effilab from this checkout even if it is not installed.
         paths = [str(self.repo)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))

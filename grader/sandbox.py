@@ -114,8 +114,10 @@ class Integrity:
                                    "reset_peak_memory_stats", "memory_allocated", "empty_cache", "is_available"]))
         for owner, names in watch:
             for n in names:
-                if hasattr(owner, n):
-                    self.items.append((owner, n, getattr(owner, n)))
+                obj = getattr(owner, n, None)
+                # functions and classes only: module-level data (caches, buffers) may change legitimately
+                if obj is not None and (callable(obj) or isinstance(obj, type)):
+                    self.items.append((owner, n, obj))
         for name, ex in core.REGISTRY.items():
             for n in ("run_case", "check_correctness", "compare", "groups", "speed", "memory"):
                 if hasattr(type(ex), n):

@@ -85,6 +85,10 @@ def main() -> int:
         import triton.language  # noqa: F401
     except ImportError:
         pass
+    try:  # torch imports dynamo lazily (e.g. at the first optimizer.step()), which rebinds torch.manual_seed:
+        import torch._dynamo  # noqa: F401  (import it now, so the integrity snapshot sees the final objects)
+    except Exception:
+        pass
     import effilab.bench  # noqa: F401
     from effilab.grading import core
     from effilab.grading.core import quiet

@@ -366,6 +366,8 @@ class StochasticRoundBF16(Exercise):
         return speed_verdict(
             self, fn, baseline=stochastic_round_bf16_torch, args=(x, 7), threshold=SR_SPEED_THRESHOLD,
             gate=Case("the timed input (2^28 values)", (x, 7), meta={"check": "neighbours"}),
+            fresh_gate=Case("a fresh input after timing", (_sr_values(seed + 99, (SR_SPEED_N,), dev), 8),
+                            meta={"check": "neighbours"}) if dev == "cuda" else None,
             bytes_moved=SR_SPEED_N * (4 + 2), baseline_name="eager PyTorch",
             advice="one fused pass should read 4 B and write 2 B per element; avoid extra torch ops around "
                    "the kernel and use BLOCK ≥ 1024")

@@ -1,0 +1,295 @@
+"""Exercise specs of notebook 04 — gradient accumulation.
+
+1. ``accumulate_gradients(model, micro_batches)``: forward and backward one micro-batch at a time
+   so that the accumulated ``.grad`` equals the gradient of the full batch's mean token loss —
+   the sum of token losses over the **total** token count of all micro-batches, not a mean of the
+   micro-batches' means. Graded on uneven micro-batches of variable-length, right-padded sequences.
+   Memory part: peak activation memory of the accumulated step at most ``MEMORY_BUDGET`` of the
+   full-batch step's (4 equal micro-batches; CPU: saved-tensor accounting over forward and backward;
+   GPU: the allocator's peak).
+2. ``scaled_lr(base_lr, base_batch, new_batch, rule)``: the linear and square-root scaling rules.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ...data import variable_length_batch
+from ...models.gpt import GPT, GPTConfig
+from ..compare import compare_tensors
+from ..core import Case, Exercise, Group, Verdict, _clone, describe_exception, register
+from .nb03 import one_thread, peak_saved_bytes
+
+NOTEBOOK = "04_gradient_accumulation"
+N_SEEDS = 5
+GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-7
+N_MICRO = 4
+MEMORY_BUDGET = 0.40  # peak activation memory of 4 micro-batches / of the full batch (ideal 0.25)
+GPU_PRESET, GPU_BATCH, GPU_LEN = "gpu-real", 16, 1024
+CPU_MEM_LAYERS, CPU_MEM_BATCH, CPU_MEM_LEN = 4, 16, 64
+
+
+def _seeds(suite: str, seed: int) -> list[int]:
+    base = 0 if suite == "public" else 1_000_003 * (seed + 1)
+    return [base + i for i in range(N_SEEDS)]
+
+
+def _device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _data(s: int) -> torch.Tensor:
+    return torch.randint(0, 256, (20_000,), generator=torch.Generator().manual_seed(77 + s), dtype=torch.uint8)
+
+
+def make_micro_batches(s: int, sizes, max_lens, min_lens=None, device="cpu"):
+    """Micro-batches (x, y, mask) of ``sizes[i]`` sequences right-padded to ``max_lens[i]``."""
+    data = _data(s)
+    min_lens = min_lens or [None] * len(sizes)
+    return [variable_length_batch(data, b, T, mn, seed=1000 * s + i, device=device)
+            for i, (b, T, mn) in enumerate(zip(sizes, max_lens, min_lens))]
+
+
+def full_batch(micro_batches):
+    """Concatenate micro-batches, right-padding each to the longest (padding never counts)."""
+    T = max(x.shape[1] for x, _, _ in micro_batches)
+
+    def pad(t):
+        return torch.nn.functional.pad(t, (0, T - t.shape[1]))
+
+    return tuple(torch.cat([pad(mb[i]) for mb in micro_batches]) for i in range(3))
+
+
+def reference_gradients(model: GPT, micro_batches):
+    """(loss, {name: grad}) of the full batch's mean token loss, in one forward and backward."""
+    x, y, mask = full_batch(micro_batches)
+    model.zero_grad(set_to_none=True)
+    _, loss = model(x, y, loss_mask=mask)
+    loss.backward()  # the full batch in one step
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    return loss.detach(), grads
+
+
+def _as_float(out):
+    if isinstance(out, torch.Tensor):
+        if out.numel() != 1:
+            raise TypeError(f"return the loss as one number, got a tensor of shape {tuple(out.shape)}")
+        return float(out.detach().float().item())
+    if isinstance(out, (int, float)):
+        return float(out)
+    raise TypeError(f"return the full batch's mean token loss (a float), got {type(out).__name__}")
+
+
+@register
+class AccumulateGradients(Exercise):
+    name = "accumulate_gradients"
+    notebook = NOTEBOOK
+    title = "Gradient accumulation over uneven micro-batches, normalised by the total token count"
+    points = {"correctness": 3.0, "memory": 1.0}
+    signature = "accumulate_gradients(model: GPT, micro_batches: list[(x, y, mask)]) -> float (the mean token loss)"
+
+    def groups(self, suite, seed):
+        seeds = _seeds(suite, seed)
+        layouts = {
+            "a single micro-batch (the full batch itself)":
+                [([b], [T], None) for b, T in ((4, 64), (3, 40), (6, 33), (1, 64), (5, 17))],
+            "equal micro-batches of full-length sequences (equal token counts)":
+                [([2] * k, [T] * k, [T] * k) for k, T in ((2, 64), (4, 32), (3, 48), (2, 21), (5, 16))],
+            "uneven micro-batches of variable-length padded sequences":
+                [([3, 1, 4, 2], [64, 20, 48, 33], None), ([2, 5], [64, 64], [4, 48]), ([1, 1, 6], [64, 9, 30], None),
+                 ([4, 2, 2], [16, 64, 40], [2, 50, 8]), ([5, 3], [50, 61], [1, 45])],
+            "many small micro-batches, some of one short sequence":
+                [([1] * 6, [64, 5, 33, 12, 64, 3], [40, 1, 1, 1, 60, 1]), ([1, 3, 1, 2], [7, 64, 2, 30], None),
+                 ([2, 1, 1], [64, 4, 64], [2, 1, 64]), ([1] * 5, [64, 11, 23, 2, 50], None),
+                 ([3, 1], [40, 3], [1, 3])],
+        }
+        hints = {
+            "a single micro-batch (the full batch itself)":
+                "model(x, y, loss_mask=mask, reduction='sum') returns (logits, loss_sum, n_tokens); the mean "
+                "token loss is loss_sum / n_tokens",
+            "equal micro-batches of full-length sequences (equal token counts)":
+                "accumulate: call backward once per micro-batch; the .grad of every parameter adds up",
+            "uneven micro-batches of variable-length padded sequences":
+                "not a mean of the micro-batches' means: count the real tokens of ALL micro-batches first "
+                "(sum of mask.sum()), then backward each micro-batch's loss_sum / total_tokens",
+            "many small micro-batches, some of one short sequence":
+                "a micro-batch with few tokens must weigh little: divide every micro-batch's summed loss by "
+                "the total token count of the whole batch",
+        }
+        out = []
+        for gname, items in layouts.items():
+            cases = [Case(f"micro-batch sizes {sizes}, padded lengths {lens}, seed {s}",
+                          (make_micro_batches(s, sizes, lens, mins),), meta={"s": s})
+                     for s, (sizes, lens, mins) in zip(seeds, items)]
+            out.append(Group(gname, cases, hints[gname]))
+        return out
+
+    def run_case(self, fn, case):
+        with one_thread():
+            return self._run_case(fn, case)
+
+    def _run_case(self, fn, case):
+        dev = _device()
+        s = case.meta["s"]
+        mbs = [tuple(t.to(dev) for t in mb) for mb in case.args[0]]
+        model = GPT(GPTConfig.preset("cpu-tiny"), seed=s).to(dev).train()
+        want_loss, want = reference_gradients(model, mbs)
+        keep = _clone(mbs)
+        try:
+            out = fn(model, _clone(mbs))
+            loss = _as_float(out)
+        except Exception as exc:
+            msg, hint = describe_exception(exc)
+            return f"{case.label}: {msg}\nhint: {hint}"
+        for a, b in zip(keep, mbs):
+            if any(not torch.equal(u, v) for u, v in zip(a, b)):
+                return f"{case.label}: the micro-batches were modified; leave the inputs untouched"
+        for n, p in model.named_parameters():
+            if p.grad is None:  # nothing accumulated
+                return f"{case.label}: no gradient in {n}.grad: call backward on each micro-batch's loss"
+            rtol, atol = (GRAD_RTOL, GRAD_ATOL) if dev.type == "cpu" else (1e-3, 1e-5)  # GPU: other reduction orders
+            problem = compare_tensors(p.grad, want[n], rtol=rtol, atol=atol, name=f"grad of {n}", max_show=3)
+            if problem:
+                return f"{case.label}: {problem}"
+        if not math.isclose(loss, float(want_loss), rel_tol=1e-5, abs_tol=1e-6):
+            return (f"{case.label}: the returned loss {loss:.6f} is not the full batch's mean token loss "
+                    f"{float(want_loss):.6f}")
+        return None
+
+    # -- memory ---------------------------------------------------------------------------------
+    def memory(self, fn, seed):
+        with one_thread():
+            return self._memory(fn, seed)
+
+    def _memory(self, fn, seed):
+        points = float(self.points["memory"])
+        v = Verdict(self.name, "memory", 0.0, points)
+        on_gpu = torch.cuda.is_available()
+        dev = _device()
+        if on_gpu:
+            cfg, B, T = GPTConfig.preset(GPU_PRESET), GPU_BATCH, GPU_LEN
+        else:
+            cfg, B, T = GPTConfig.preset("cpu-tiny", n_layer=CPU_MEM_LAYERS), CPU_MEM_BATCH, CPU_MEM_LEN
+        model = GPT(cfg, seed=seed).to(dev).train()
+        mbs = make_micro_batches(seed, [B // N_MICRO] * N_MICRO, [T] * N_MICRO, [T // 2] * N_MICRO, device=dev)
+        x, y, mask = full_batch(mbs)
+
+        def full():
+            _, loss = model(x, y, loss_mask=mask)
+            loss.backward()  # the full batch in one step
+
+        def mine():
+            fn(model, mbs)
+
+        def run(f):
+            if on_gpu:
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    f()
+            else:
+                f()
+
+        # gate: correct gradients on the measured input
+        want_loss, want = reference_gradients(model, mbs)
+        mine()
+        for n, p in model.named_parameters():
+            if p.grad is None:  # nothing accumulated
+                problem = f"no gradient in {n}.grad"
+            elif on_gpu:  # fp32 on a GPU: reductions in another order, compare by relative error
+                err = float((p.grad - want[n]).norm() / want[n].norm().clamp(min=1e-12))
+                problem = f"grad of {n}: relative error {err:.3g}" if err > 1e-3 else None
+            else:
+                problem = compare_tensors(p.grad, want[n], rtol=GRAD_RTOL, atol=GRAD_ATOL, name=f"grad of {n}",
+                                          max_show=2)
+            if problem:
+                v.notes.append(f"not measured: your gradients are wrong on the measured input — {problem}")
+                return v
+        del want
+        if on_gpu:
+            from ...memory import peak_memory
+
+            model.zero_grad(set_to_none=False)
+            run(full)  # warm-up; gradients allocated before measuring: activations only
+            model.zero_grad(set_to_none=False)
+            base = peak_memory(run, full).peak_bytes
+            model.zero_grad(set_to_none=False)
+            yours = peak_memory(run, mine).peak_bytes
+            how = f"peak_memory, {GPU_PRESET}, {B}×{T} tokens, bf16 autocast"
+        else:
+            model.zero_grad(set_to_none=True)
+            base = peak_saved_bytes(lambda: run(full), model)
+            model.zero_grad(set_to_none=True)
+            yours = peak_saved_bytes(lambda: run(mine), model)
+            how = (f"peak bytes saved for backward, cpu-tiny with {cfg.n_layer} blocks, {B} sequences of up to "
+                   f"{T} tokens")
+        ratio = yours / max(1, base)
+        v.details.update({"ratio": ratio, "yours_bytes": yours, "baseline_bytes": base, "threshold": MEMORY_BUDGET,
+                          "n_micro": N_MICRO, "device": dev.type})
+        v.notes.append(f"{how}: {N_MICRO} micro-batches {yours / 2**20:.2f} MiB, full batch {base / 2**20:.2f} MiB, "
+                       f"ratio {ratio:.3f}")
+        if ratio <= MEMORY_BUDGET:
+            v.points = points
+            v.notes.append(f"ratio {ratio:.3f} ≤ budget {MEMORY_BUDGET:.2f}: full points")
+        else:
+            v.notes.append(f"ratio {ratio:.3f} > budget {MEMORY_BUDGET:.2f}: call backward after each micro-batch's "
+                           "forward, so that its activations are freed before the next one; never sum the "
+                           "losses of all micro-batches first")
+        return v
+
+
+@register
+class ScaledLR(Exercise):
+    name = "scaled_lr"
+    notebook = NOTEBOOK
+    title = "Learning-rate scaling rules: linear and square root"
+    points = {"correctness": 1.0}
+    signature = "scaled_lr(base_lr: float, base_batch: int, new_batch: int, rule: str) -> float"
+
+    def groups(self, suite, seed):
+        g = torch.Generator().manual_seed(_seeds(suite, seed)[0] + 5)
+
+        def draws(k, up=True):
+            out = []
+            for _ in range(k):
+                lr = float(10 ** (-5 + 3 * torch.rand(1, generator=g)))
+                b = int(2 ** int(torch.randint(3, 9, (1,), generator=g)))
+                f = int(torch.randint(2, 17, (1,), generator=g))
+                out.append((lr, b, b * f) if up else (lr, b * f, b))
+            return out
+
+        lin = [Case(f"linear, {a}", (*a, "linear"), meta={"rule": "linear"}) for a in draws(5)]
+        sq = [Case(f"sqrt, {a}", (*a, "sqrt"), meta={"rule": "sqrt"}) for a in draws(5)]
+        down = [Case(f"{r}, smaller batch {a}", (*a, r), meta={"rule": r}) for a in draws(5, up=False)
+                for r in ("linear", "sqrt")]
+        bad = [Case(f"rule {r!r}", (1e-3, 32, 64, r), meta={"rule": "bad"}) for r in ("cubic", "Linear ", "")]
+        return [
+            Group("linear rule (Goyal et al. 2017)", lin, "linear: lr × new_batch / base_batch"),
+            Group("square-root rule (Krizhevsky 2014; Adam-like optimizers)", sq,
+                  "sqrt: lr × sqrt(new_batch / base_batch)"),
+            Group("smaller batches scale the rate down", down, "the same formulas hold for new_batch < base_batch"),
+            Group("an unknown rule raises ValueError", bad, "raise ValueError(f'unknown rule {rule!r}') for any "
+                                                             "other rule"),
+        ]
+
+    def run_case(self, fn, case):
+        if case.meta["rule"] != "bad":
+            return super().run_case(fn, case)
+        try:
+            out = fn(*case.args)
+        except ValueError:
+            return None
+        except Exception as exc:
+            return f"{case.label}: expected ValueError, got {type(exc).__name__}: {exc}"
+        return f"{case.label}: expected ValueError, got {out!r}"
+
+    def compare(self, out, case):
+        lr, b0, b1, rule = case.args
+        e = lr * b1 / b0 if rule == "linear" else lr * math.sqrt(b1 / b0)
+        if isinstance(out, torch.Tensor):
+            out = float(out)
+        if not isinstance(out, (int, float)) or isinstance(out, bool):
+            return f"return a float, got {type(out).__name__}"
+        if not math.isclose(float(out), e, rel_tol=1e-9):
+            return f"yours {float(out):.6g}, expected {e:.6g}"
+        return None

@@ -1,0 +1,500 @@
+"""Exercise specs of notebook 08 — operator fusion with Triton.
+
+1. ``rms_norm(x, weight, eps)``: fused RMSNorm forward; odd shapes, rows of any length, fp32/fp16
+   (bf16 on a GPU), eps inside the square root; on a GPU faster than the unfused eager version.
+2. ``swiglu(a, b)``: fused ``silu(a) * b``; on a GPU faster than eager. ``swiglu_backward(a, b, g)``
+   (extra points): ``(da, db)``.
+3. ``cross_entropy(logits, target)``: mean cross-entropy over the non-ignored rows (ignore_index
+   −100) with an online softmax over vocabulary chunks; on a GPU its extra peak memory must stay
+   far below one fp32 copy of the logits.
+4. ``flash_attention(q, k, v, causal)``: attention forward without the S×S score matrix; on a GPU,
+   O(S) extra memory and faster than naive attention.
+
+This module ships in the student edition: the references below are plain PyTorch, never the
+instructor-only kernels of ``effilab.ops``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..compare import compare_tensors
+from ..core import NOT_ON_CPU, Case, Exercise, Group, Verdict, register, speed_verdict
+
+NOTEBOOK = "08_operator_fusion"
+N_SEEDS = 5
+
+# Speed and memory thresholds: calibrated from benchmarks/RESULTS.md (H100, bf16; see
+# benchmarks/gpu/nb08.sh, which prints the reference solution's ratios three times each).
+RMS_SPEED_THRESHOLD = 2.0  # the brief's goal; H100: 7.2–11.1× measured (benchmarks/RESULTS.md); × the unfused eager RMSNorm (fp32 then cast)
+SWIGLU_SPEED_THRESHOLD = 3.0  # H100: 7.0–7.2× measured (benchmarks/RESULTS.md); × eager silu(a.float()) * b.float(), cast back
+ATTN_SPEED_THRESHOLD = 4.0  # H100: 7.4–7.5× measured (benchmarks/RESULTS.md); × naive attention (S×S scores materialised), non-causal
+CE_MEMORY_FRACTION = 0.25  # extra peak memory ≤ this × the bytes of the (bf16) logits
+ATTN_MEMORY_FACTOR = 4.0  # extra peak memory ≤ this × the bytes of the output
+
+# GPU problem sizes of the speed and memory parts
+RMS_SPEED_SHAPE = (16384, 4096)
+SWIGLU_SPEED_SHAPE = (16384, 11008)
+CE_MEMORY_SHAPE = (4096, 128256)
+ATTN_SPEED_SHAPE = (4, 16, 4096, 64)  # (B, H, S, D)
+ATTN_MEMORY_SHAPE = (1, 8, 16384, 64)
+
+
+def _seeds(suite: str, seed: int) -> list[int]:
+    base = 0 if suite == "public" else 1_000_003 * (seed + 1)
+    return [base + i for i in range(N_SEEDS)]
+
+
+def _device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _half_dtypes() -> list[torch.dtype]:
+    """fp16 everywhere; bf16 only on a GPU (Triton's interpreter gets bf16 matmuls wrong)."""
+    return [torch.float16, torch.bfloat16] if torch.cuda.is_available() else [torch.float16]
+
+
+def _gen(s: int) -> torch.Generator:
+    return torch.Generator().manual_seed(s)
+
+
+def _check_tensor(out, like_shape, dtype, name="output") -> str | None:
+    if not isinstance(out, torch.Tensor):
+        return f"return a torch.Tensor, got {type(out).__name__}"
+    if tuple(out.shape) != tuple(like_shape):
+        return f"your {name} has shape {tuple(out.shape)}, expected {tuple(like_shape)}"
+    if out.dtype != dtype:
+        return f"your {name} has dtype {out.dtype}, expected {dtype} (the dtype of the input)"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# A memory verdict, modelled on core.speed_verdict (proposed for core)
+# ----------------------------------------------------------------------------------------------
+def memory_verdict(ex: Exercise, fn: Callable, *, args: tuple, budget_bytes: int, gate: Case | None = None,
+                   what: str = "", advice: str = "") -> Verdict:
+    """Measure the extra peak CUDA memory of ``fn(*args)`` and award the memory points if ≤ budget.
+
+    On a CPU: no points, and a note saying so. ``gate``: the output on the measured input must be
+    correct first. The measured bytes, the budget and the output's bytes go to ``Verdict.details``.
+    """
+    from ... import memory
+
+    points = float(ex.points.get("memory", 0.0))
+    v = Verdict(ex.name, "memory", 0.0, points)
+    budget_txt = memory.format_bytes(budget_bytes)
+    if not torch.cuda.is_available():
+        v.notes.append(f"memory: {NOT_ON_CPU}. On a GPU the extra peak memory of your call must be ≤ "
+                       f"{budget_txt}{' (' + what + ')' if what else ''}.")
+        return v
+    if gate is not None:
+        problem = ex.run_case(fn, gate)
+        if problem is not None:
+            v.notes.append("not measured: your code is not correct on the measured input — " + problem)
+            return v
+    fn(*args)  # warm-up: compile the kernels outside the measurement
+    torch.cuda.synchronize()
+    res = memory.peak_memory(fn, *args)
+    del res.result
+    v.details.update({"peak_bytes": res.peak_bytes, "budget_bytes": int(budget_bytes)})
+    v.notes.append(f"extra peak memory of your call: {memory.format_bytes(res.peak_bytes)} "
+                   f"(budget {budget_txt}{'; ' + what if what else ''})")
+    if res.peak_bytes <= budget_bytes:
+        v.points = points
+        v.notes.append("within the budget: full points")
+    else:
+        v.notes.append("over the budget" + (f": {advice}" if advice else ""))
+    return v
+
+
+# ==============================================================================================
+# 1. RMSNorm
+# ==============================================================================================
+def rms_norm_eager(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """The unfused eager RMSNorm in fp32, cast back: the reference and the speed baseline."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(x.dtype)
+
+
+def _rms_inputs(s: int, shape, dtype, dev, scale=None, zero_rows=0):
+    """x and weight. Without ``scale``, |x| ≥ 0.5 everywhere: mean squares far above eps, so only the
+    eps group (tiny or zero rows, a given ``scale``) tells eps inside the root from eps outside it."""
+    g = _gen(s)
+    x = torch.randn(shape, generator=g)
+    x = x + 0.5 * torch.where(x < 0, -1.0, 1.0) if scale is None else x * scale
+    if zero_rows:
+        x.view(-1, shape[-1])[:zero_rows] = 0.0
+    w = torch.randn(shape[-1], generator=g) * 0.5 + 1.0
+    return x.to(dtype).to(dev), w.to(dtype).to(dev)
+
+
+@register
+class RMSNorm(Exercise):
+    name = "rms_norm"
+    notebook = NOTEBOOK
+    title = "A fused RMSNorm forward in Triton"
+    points = {"correctness": 3.0, "speed": 2.0}
+    signature = "rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor"
+
+    def groups(self, suite, seed):
+        dev = _device()
+        seeds = _seeds(suite, seed)
+        big = (1823, 781) if dev.type == "cuda" else (611, 781)
+        pow2 = [(64, 512), (4, 1024), (3, 5, 256), (1, 2048), (33, 128)]
+        odd = [big, (3, 5, 67), (7, 1), (2, 4097), (129, 1000)]
+        half = [(1823, 781) if dev.type == "cuda" else (257, 781), (3, 5, 67), (5, 3), (2, 4097), (31, 333)]
+        hdts = _half_dtypes()
+
+        def case(s, shape, dtype, eps=1e-6, **kw):
+            x, w = _rms_inputs(s, shape, dtype, dev, **kw)
+            extra = f", eps {eps:g}" + (f", |x| ~ {kw['scale']:g}" if "scale" in kw else "")
+            extra += f", {kw['zero_rows']} all-zero rows" if kw.get("zero_rows") else ""
+            return Case(f"seed {s}, {str(dtype)[6:]} x of shape {shape}{extra}", (x, w, eps))
+
+        return [
+            Group("fp32, rows whose length is a power of two", [case(s, shp, torch.float32) for s, shp in zip(seeds, pow2)],
+                  "one program per row (or per few rows): load the row, sum of squares in fp32, "
+                  "multiply by rsqrt(mean + eps) and by the weight, store"),
+            Group("fp32, odd shapes (1823×781 on a GPU, 3×5×67, rows of 1 and 4097 elements)",
+                  [case(s, shp, torch.float32) for s, shp in zip(seeds, odd)],
+                  "the block is a power of two ≥ the row length: mask the loads and stores of the tail "
+                  "(other=0.0) and divide the sum of squares by the true row length, not by BLOCK"),
+            Group("fp16" + (" and bf16" if len(hdts) > 1 else "") + ", odd shapes (computed in fp32)",
+                  [case(s, shp, hdts[i % len(hdts)]) for i, (s, shp) in enumerate(zip(seeds, half))],
+                  "load with .to(tl.float32), compute in fp32, store in the output's dtype "
+                  "(y_ptr.dtype.element_ty); the output has x's dtype"),
+            Group("eps inside the square root (tiny and all-zero rows)",
+                  [case(s, (16, 512), torch.float32, eps=e, scale=sc, zero_rows=z)
+                   for s, e, sc, z in zip(seeds, (1e-2, 1e-3, 1e-5, 1e-2, 1e-6), (1e-3, 1e-2, 1e-3, 0.0, 1e-4),
+                                          (0, 2, 0, 16, 3))],
+                  "rstd = 1 / sqrt(mean(x²) + eps): eps goes under the root (an all-zero row must give 0, not NaN)"),
+        ]
+
+    def compare(self, out, case):
+        x, w, eps = case.args
+        bad = _check_tensor(out, x.shape, x.dtype)
+        if bad:
+            return bad
+        return compare_tensors(out, rms_norm_eager(x, w, eps))
+
+    def speed(self, fn, seed):
+        dev = _device()
+        if dev.type == "cuda":
+            x, w = _rms_inputs(_seeds("hidden", seed)[0], RMS_SPEED_SHAPE, torch.bfloat16, dev)
+        else:
+            x = w = None
+        n_rows, n_cols = RMS_SPEED_SHAPE
+        return speed_verdict(
+            self, fn, baseline=rms_norm_eager, args=(x, w, 1e-6), threshold=RMS_SPEED_THRESHOLD,
+            gate=Case(f"the timed input ({n_rows}×{n_cols} bf16)", (x, w, 1e-6)),
+            bytes_moved=2 * n_rows * n_cols * 2 + 2 * n_cols, baseline_name="eager RMSNorm",
+            advice="read each row once and write it once: keep the whole row in registers, one row per program "
+                   "for rows of 4096, num_warps 8 or 16")
+
+
+# ==============================================================================================
+# 2. SwiGLU
+# ==============================================================================================
+def swiglu_eager(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """silu(a) * b in fp32, cast back: the reference and the speed baseline."""
+    return (F.silu(a.float()) * b.float()).to(a.dtype)
+
+
+def swiglu_backward_reference(a, b, grad_out):
+    af, bf, gf = a.double(), b.double(), grad_out.double()
+    sig = torch.sigmoid(af)
+    da = gf * bf * sig * (1 + af * (1 - sig))
+    db = gf * af * sig
+    return da.to(a.dtype), db.to(b.dtype)
+
+
+def _swiglu_inputs(s, shape, dtype, dev, big=False, with_grad=False):
+    g = _gen(s)
+    a = torch.randn(shape, generator=g) * (30.0 if big else 2.0)
+    if big and a.numel() >= 4:
+        a.view(-1)[:4] = torch.tensor([80.0, -80.0, 0.0, -11.0])
+    b = torch.randn(shape, generator=g)
+    out = [a.to(dtype).to(dev), b.to(dtype).to(dev)]
+    if with_grad:
+        out.append(torch.randn(shape, generator=g).to(dtype).to(dev))
+    return tuple(out)
+
+
+def _swiglu_groups(suite, seed, with_grad):
+    dev = _device()
+    seeds = _seeds(suite, seed)
+    big = (1823, 781) if dev.type == "cuda" else (411, 781)
+    shapes = [big, (3, 5, 67), (1,), (65537,), (7, 1000)]
+    hdts = _half_dtypes()
+
+    def case(s, shp, dtype, large=False):
+        args = _swiglu_inputs(s, shp, dtype, dev, big=large, with_grad=with_grad)
+        return Case(f"seed {s}, {str(dtype)[6:]} inputs of shape {shp}" + (", |a| up to 80" if large else ""), args)
+
+    return [
+        Group("fp32, odd shapes (1823×781 on a GPU, 3×5×67, 1, 65537)",
+              [case(s, shp, torch.float32) for s, shp in zip(seeds, shapes)],
+              "treat a and b as flat contiguous arrays: one program per BLOCK elements, mask the tail"),
+        Group("fp16" + (" and bf16" if len(hdts) > 1 else "") + " (computed in fp32)",
+              [case(s, shp, hdts[i % len(hdts)]) for i, (s, shp) in enumerate(zip(seeds, shapes[1:] + [(333,)]))],
+              "load, .to(tl.float32), compute, and store in the output's dtype"),
+        Group("large |a| (up to 80): no overflow, no NaN",
+              [case(s, (4099,), torch.float32 if i % 2 == 0 else torch.float16, large=True)
+               for i, s in enumerate(seeds)],
+              "silu(a) = a * sigmoid(a) = a / (1 + exp(-a)); compute in fp32 (tl.sigmoid works) so exp(-a) "
+              "cannot overflow a half-precision intermediate"),
+    ]
+
+
+@register
+class SwiGLU(Exercise):
+    name = "swiglu"
+    notebook = NOTEBOOK
+    title = "A fused SwiGLU forward: silu(a) * b"
+    points = {"correctness": 2.0, "speed": 1.0}
+    signature = "swiglu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor"
+
+    def groups(self, suite, seed):
+        return _swiglu_groups(suite, seed, with_grad=False)
+
+    def compare(self, out, case):
+        a, b = case.args
+        bad = _check_tensor(out, a.shape, a.dtype)
+        return bad or compare_tensors(out, swiglu_eager(a, b))
+
+    def speed(self, fn, seed):
+        dev = _device()
+        a, b = _swiglu_inputs(_seeds("hidden", seed)[0], SWIGLU_SPEED_SHAPE, torch.bfloat16, dev) \
+            if dev.type == "cuda" else (None, None)
+        n = math.prod(SWIGLU_SPEED_SHAPE)
+        return speed_verdict(
+            self, fn, baseline=swiglu_eager, args=(a, b), threshold=SWIGLU_SPEED_THRESHOLD,
+            gate=Case("the timed input (16384×11008 bf16)", (a, b)), bytes_moved=3 * n * 2,
+            baseline_name="eager silu(a) * b",
+            advice="one pass: read a and b once, write the output once; BLOCK of 1024–4096 elements")
+
+
+@register
+class SwiGLUBackward(Exercise):
+    name = "swiglu_backward"
+    notebook = NOTEBOOK
+    title = "SwiGLU backward (extra): da and db in one kernel"
+    points = {"correctness": 1.0}
+    signature = "swiglu_backward(a, b, grad_out) -> (da, db)"
+
+    def groups(self, suite, seed):
+        return _swiglu_groups(suite, seed, with_grad=True)
+
+    def compare(self, out, case):
+        a, b, g = case.args
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            return f"return a tuple (da, db); got {type(out).__name__}"
+        da, db = swiglu_backward_reference(a, b, g)
+        for nm, y, e in (("da", out[0], da), ("db", out[1], db)):
+            bad = _check_tensor(y, a.shape, a.dtype, nm)
+            bad = bad or compare_tensors(y, e, name=nm)
+            if bad:
+                return bad
+        return None
+
+
+# ==============================================================================================
+# 3. Cross-entropy with an online softmax
+# ==============================================================================================
+IGNORE_INDEX = -100
+
+
+def cross_entropy_reference(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the rows whose target is not −100, in float64, as a 0-dim fp32 tensor."""
+    return F.cross_entropy(logits.double(), target, ignore_index=IGNORE_INDEX).float()
+
+
+def _ce_inputs(s, n, v, dtype, dev, scale=3.0, offset=0.0, ignore=0.0):
+    g = _gen(s)
+    x = torch.randn(n, v, generator=g) * scale + offset
+    t = torch.randint(0, v, (n,), generator=g)
+    if ignore:
+        drop = torch.rand(n, generator=g) < ignore
+        drop[0] = True
+        drop[-1] = False  # never all ignored
+        t[drop] = IGNORE_INDEX
+    return x.to(dtype).to(dev), t.to(dev)
+
+
+@register
+class CrossEntropy(Exercise):
+    name = "cross_entropy"
+    notebook = NOTEBOOK
+    title = "Cross-entropy with an online softmax over vocabulary chunks"
+    points = {"correctness": 3.0, "memory": 1.0}
+    signature = "cross_entropy(logits: torch.Tensor[N, V], target: torch.Tensor[N] (int64)) -> 0-dim fp32 tensor"
+
+    def groups(self, suite, seed):
+        dev = _device()
+        seeds = _seeds(suite, seed)
+        big_v = 50257 if dev.type == "cuda" else 32771
+        nv = [(37, 1000), (5, big_v), (64, 5003), (1, 17), (129, 2049)]
+        hdts = _half_dtypes()
+
+        def case(s, n, v, dtype=torch.float32, **kw):
+            x, t = _ce_inputs(s, n, v, dtype, dev, **kw)
+            desc = ", ".join(f"{k} {val:g}" for k, val in kw.items())
+            return Case(f"seed {s}, {str(dtype)[6:]} logits {n}×{v}" + (f", {desc}" if desc else ""), (x, t))
+
+        return [
+            Group("fp32, V not a multiple of the block (1000, 32771, 5003, 17, 2049)",
+                  [case(s, n, v) for s, (n, v) in zip(seeds, nv)],
+                  "walk over the vocabulary in chunks of BLOCK_V, masking the last one (other=-inf for the max "
+                  "and the sum); loss = logsumexp(row) - row[target]"),
+            Group("ignore_index = -100: those rows are skipped, the mean is over the others",
+                  [case(s, n, v, ignore=0.3) for s, (n, v) in zip(seeds, nv[:1] + [(40, 3001), (64, 5003), (9, 17), (129, 2049)])],
+                  "a row whose target is -100 contributes 0 to the sum and is not counted in the denominator; "
+                  "never load logits[row, -100]"),
+            Group("large and small logits (offsets ±1e4, scale 100, scale 1e-3): no overflow",
+                  [case(s, 33, 4099, scale=sc, offset=o) for s, sc, o in
+                   zip(seeds, (100.0, 3.0, 1e-3, 50.0, 3.0), (0.0, 1e4, 0.0, -1e4, 80.0))],
+                  "online softmax: keep a running max m and a running sum d of exp(x - m); when the max grows "
+                  "to m', rescale d by exp(m - m') before adding the new chunk"),
+            Group("fp16" + (" and bf16" if len(hdts) > 1 else "") + " logits (accumulate in fp32)",
+                  [case(s, n, v, hdts[i % len(hdts)]) for i, (s, (n, v)) in enumerate(zip(seeds, nv))],
+                  "load the logits .to(tl.float32); the loss is an fp32 scalar whatever the logits' dtype"),
+        ]
+
+    def compare(self, out, case):
+        x, t = case.args
+        if not isinstance(out, torch.Tensor):
+            return f"return a 0-dim float32 torch.Tensor, got {type(out).__name__}"
+        if out.dim() != 0 or out.dtype != torch.float32:
+            return f"return a 0-dim float32 tensor (like F.cross_entropy); got shape {tuple(out.shape)}, {out.dtype}"
+        return compare_tensors(out.detach().cpu(), cross_entropy_reference(x.cpu(), t.cpu()), rtol=1e-4, atol=1e-4,
+                               name="loss")
+
+    def memory(self, fn, seed):
+        dev = _device()
+        n, v = CE_MEMORY_SHAPE
+        logits_bytes = n * v * 2
+        if dev.type == "cuda":
+            x, t = _ce_inputs(_seeds("hidden", seed)[0], n, v, torch.bfloat16, dev, ignore=0.1)
+        else:
+            x = t = None
+        return memory_verdict(
+            self, fn, args=(x, t), budget_bytes=int(CE_MEMORY_FRACTION * logits_bytes),
+            gate=Case(f"the first 256 rows of the measured input ({n}×{v} bf16 logits)",
+                      (x[:256], t[:256]) if x is not None else (x, t)),
+            what=f"{CE_MEMORY_FRACTION:g} × the {n}×{v} bf16 logits; one fp32 copy of them would be 2×",
+            advice="do not call .float() on the logits or build probabilities: read each chunk, update a "
+                   "running max and sum in registers, write one float per row")
+
+
+# ==============================================================================================
+# 4. Flash attention
+# ==============================================================================================
+ATTN_TOL = {torch.float32: (5e-3, 5e-3),  # tl.dot on fp32 uses tf32 on a GPU
+            torch.float16: (5e-3, 2e-3), torch.bfloat16: (2e-2, 1e-2)}
+
+
+def attention_naive(q, k, v, causal=False):
+    """softmax(q kᵀ / √d) v with the S×S scores materialised (in q's dtype): the speed baseline."""
+    s = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+    if causal:
+        n = q.shape[-2]
+        s = s.masked_fill(torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    return torch.softmax(s, dim=-1) @ v
+
+
+def attention_reference(q, k, v, causal=False):
+    """Naive attention in float64, cast back to q's dtype: the correctness reference."""
+    return attention_naive(q.double().cpu(), k.double().cpu(), v.double().cpu(), causal).to(q.dtype)
+
+
+def _attn_inputs(s, shape, dtype, dev):
+    g = _gen(s)
+    return tuple(torch.randn(shape, generator=g).to(dtype).to(dev) for _ in range(3))
+
+
+@register
+class FlashAttention(Exercise):
+    name = "flash_attention"
+    notebook = NOTEBOOK
+    title = "FlashAttention forward: online softmax over key blocks"
+    points = {"correctness": 3.0, "speed": 1.0, "memory": 1.0}
+    signature = "flash_attention(q, k, v, causal: bool = False) -> torch.Tensor  # q, k, v: (B, H, S, D)"
+
+    def groups(self, suite, seed):
+        dev = _device()
+        seeds = _seeds(suite, seed)
+        gpu = dev.type == "cuda"
+        short = [(1, 2, 16, 16), (2, 1, 5, 32), (1, 1, 1, 16), (1, 2, 11, 64), (1, 1, 3, 32)]
+        long_ = [(1, 2, 67, 32), (1, 1, 130, 16), (2, 1, 97, 64), (1, 1, 257, 16), (1, 2, 40, 32)]
+        if gpu:
+            long_ = [(2, 3, 1023, 64), (1, 4, 130, 128), (2, 2, 517, 64), (1, 1, 2049, 32), (1, 2, 40, 32)]
+        causal = [(1, 2, 17, 32), (1, 1, 67, 16), (1, 2, 1, 16), (1, 1, 130, 32), (2, 1, 50, 64)]
+        hdts = _half_dtypes()
+
+        def case(s, shape, dtype, c):
+            q, k, v = _attn_inputs(s, shape, dtype, dev)
+            return Case(f"seed {s}, {str(dtype)[6:]} q, k, v of shape (B, H, S, D) = {shape}, causal={c}",
+                        (q, k, v, c))
+
+        return [
+            Group("non-causal, fp32, short sequences (S ≤ 16: one key block)",
+                  [case(s, shp, torch.float32, False) for s, shp in zip(seeds, short)],
+                  "one program per (query block, batch·head): s = q kᵀ · scale with scale = 1/√D; mask the "
+                  "query rows and key columns past S (keys past S get -inf)"),
+            Group("non-causal, fp32, long sequences (many key blocks, S not a multiple of the block)",
+                  [case(s, shp, torch.float32, False) for s, shp in zip(seeds, long_)],
+                  "online softmax across key blocks: m_new = max(m, rowmax(s)); alpha = exp(m - m_new); "
+                  "l = l·alpha + rowsum(p); acc = acc·alpha + p v; at the end O = acc / l"),
+            Group("causal, fp32 (key j > query i masked out)",
+                  [case(s, shp, torch.float32, True) for s, shp in zip(seeds, causal)],
+                  "with causal=True set s[i, j] = -inf where key index j > query index i (compare the "
+                  "absolute offsets, not the offsets inside the block)"),
+            Group("fp16" + (" and bf16" if len(hdts) > 1 else "") + ", causal and not",
+                  [case(s, shp, hdts[i % len(hdts)], i % 2 == 1)
+                   for i, (s, shp) in enumerate(zip(seeds, [(1, 2, 16, 32), (1, 1, 67, 16), (1, 1, 33, 64),
+                                                            (1, 2, 40, 32), (1, 1, 7, 16)]))],
+                  "tl.dot on fp16/bf16 tiles accumulates in fp32; cast p to v's dtype before p @ v; "
+                  "store the output in q's dtype"),
+        ]
+
+    def compare(self, out, case):
+        q, k, v, c = case.args
+        bad = _check_tensor(out, q.shape, q.dtype)
+        if bad:
+            return bad
+        rtol, atol = ATTN_TOL[q.dtype]
+        return compare_tensors(out.cpu(), attention_reference(q, k, v, c), rtol=rtol, atol=atol)
+
+    def speed(self, fn, seed):
+        dev = _device()
+        B, H, S, D = ATTN_SPEED_SHAPE
+        args = _attn_inputs(_seeds("hidden", seed)[0], ATTN_SPEED_SHAPE, torch.bfloat16, dev) + (False,) \
+            if dev.type == "cuda" else (None, None, None, False)
+        gate = None
+        if dev.type == "cuda":  # the float64 reference on the full timed input is too slow: gate on a slice
+            gate = Case("the first head of the timed input", tuple(t[:1, :1] for t in args[:3]) + (False,))
+        return speed_verdict(
+            self, fn, baseline=attention_naive, args=args, threshold=ATTN_SPEED_THRESHOLD, gate=gate,
+            flops=4.0 * B * H * S * S * D, baseline_name="naive attention",
+            advice="BLOCK_M = 128, BLOCK_N = 64, num_warps = 8 and num_stages = 3 are good starting points on an H100")
+
+    def memory(self, fn, seed):
+        dev = _device()
+        B, H, S, D = ATTN_MEMORY_SHAPE
+        out_bytes = B * H * S * D * 2
+        budget = int(ATTN_MEMORY_FACTOR * out_bytes)
+        scores = B * H * S * S * 2
+        assert scores > 16 * budget  # S² scores (even in bf16) would never fit the budget
+        args = _attn_inputs(_seeds("hidden", seed)[1], ATTN_MEMORY_SHAPE, torch.bfloat16, dev) + (True,) \
+            if dev.type == "cuda" else (None, None, None, True)
+        gate = Case("the first head of the measured input", tuple(t[:1, :1, :1024] for t in args[:3]) + (True,)) \
+            if dev.type == "cuda" else None
+        from ...memory import format_bytes
+
+        return memory_verdict(
+            self, fn, args=args, budget_bytes=budget, gate=gate,
+            what=f"{ATTN_MEMORY_FACTOR:g} × the output at S = {S}; the S×S scores alone would take {format_bytes(scores)}",
+            advice="never build the S×S score matrix: keep one BLOCK_M×BLOCK_N tile of scores in registers")

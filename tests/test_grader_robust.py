@@ -1,0 +1,62 @@
+"""Grading that survives: kill -9 in the middle of autograde, then a rerun (nothing lost, nothing
+graded twice), and parallel workers giving the same grades as one."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from grader.cli import scores
+from grader.collect import collect
+from grader.course import REPO, Course
+
+A = "01_float_formats"
+EXAMPLES = REPO / "grader" / "examples" / A
+
+
+def _grader(course, *args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "grader", "--course", str(course.root), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, **kw)
+
+
+def _cells(table):
+    return {k: {g: v[0] for g, v in row["cells"].items()} for k, row in table.items()}
+
+
+@pytest.mark.slow
+def test_kill_minus_nine_then_resume_grades_everything_once(tmp_path):
+    course = Course(root=tmp_path / "course")
+    assert sum(o.ok for o in collect(course, [str(EXAMPLES)], log=lambda *a: None)) == 3
+    proc = _grader(course, "autograde", "--no-verify")
+    markers = [course.path("autograded", s, A, ".effilab-graded") for s in ("alice", "bob", "carol")]
+    deadline = time.time() + 600
+    while time.time() < deadline and not any(m.exists() for m in markers):
+        time.sleep(0.5)
+    time.sleep(3)  # well inside the next submission
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = {m: m.stat().st_mtime for m in markers if m.exists()}
+    assert 0 < len(done_before) < 3, "the kill should land between two submissions"
+    rerun = _grader(course, "autograde", "--no-verify")
+    assert rerun.wait(timeout=900) == 0
+    assert all(m.exists() for m in markers)
+    for m, mtime in done_before.items():  # graded once: not graded again by the rerun
+        assert m.stat().st_mtime == mtime
+    s = scores(course)
+    assert s[(A, "alice")]["score"] == 11 and s[(A, "carol")]["score"] == 0 and 0 < s[(A, "bob")]["score"] < 11
+
+
+@pytest.mark.slow
+def test_two_workers_give_the_same_grades_as_one(tmp_path):
+    results = {}
+    for workers in (1, 2):
+        course = Course(root=tmp_path / f"course{workers}")
+        collect(course, [str(EXAMPLES)], log=lambda *a: None)
+        t0 = time.time()
+        proc = _grader(course, "autograde", "--workers", str(workers), "--no-verify")
+        assert proc.wait(timeout=1800) == 0
+        results[workers] = (_cells(scores(course)), time.time() - t0)
+    assert results[1][0] == results[2][0]
+    assert results[1][0][(A, "alice")]["decompose_check"] == 3.0
