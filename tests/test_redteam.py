@@ -180,3 +180,32 @@ def test_correct_submission_is_graded_identically_twice(course, tmp_path):
             for _ in range(2)]
     assert runs[0] == runs[1]
     assert all(p > 0 for _, p in runs[0])
+
+
+# ---------------------------------------------------------------------------------------------- notebook 08
+B = "08_operator_fusion"
+ALICE08 = REPO / "grader" / "examples" / B / f"alice_{B}.ipynb"
+KERNEL_CHEATS = [
+    ("rms_norm through F.rms_norm", "import torch.nn.functional as F\n"
+     "def rms_norm(x, weight, eps=1e-6):\n    return F.rms_norm(x, (x.shape[-1],), weight, eps)\n"),
+    ("rms_norm through effilab's reference kernel", "from effilab.ops.rmsnorm import rms_norm as _r\n"
+     "def rms_norm(x, weight, eps=1e-6):\n    return _r(x, weight, eps)\n"),
+    ("rms_norm through getattr on torch", "import torch\n"
+     "def rms_norm(x, weight, eps=1e-6):\n    return getattr(torch.nn.functional, 'rms_norm')(x, (x.shape[-1],), weight, eps)\n"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,source", KERNEL_CHEATS, ids=[c[0] for c in KERNEL_CHEATS])
+def test_kernel_exercise_calling_a_library_op_or_the_reference_scores_zero(course, tmp_path, name, source):
+    nb = nbformat.read(str(ALICE08), as_version=4)
+    cells = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution")
+             and "def rms_norm" in c.source]
+    assert cells, "the rms_norm solution cell"
+    cells[0].source = source
+    p = tmp_path / f"{B}.ipynb"
+    nbformat.write(nb, str(p))
+    results = verify_notebook(course, B, p, timeout=120, log=lambda *a: None,
+                              only={g for g in ("rms_norm_check", "rms_norm_speed")})
+    assert results and all(r.points == 0 for r in results), [(r.grade_id, r.points, r.report[:300]) for r in results]
+    assert any("may not be used" in r.report for r in results)

@@ -134,6 +134,8 @@ def _rms_inputs(s: int, shape, dtype, dev, scale=None, zero_rows=0):
 @register
 class RMSNorm(Exercise):
     name = "rms_norm"
+    forbidden = ("torch.nn.functional.rms_norm", "torch.rms_norm", "torch.nn.RMSNorm", "torch.nn.modules.normalization",
+                 "effilab.ops")
     notebook = NOTEBOOK
     title = "A fused RMSNorm forward in Triton"
     points = {"correctness": 3.0, "speed": 2.0}
@@ -252,6 +254,7 @@ def _swiglu_groups(suite, seed, with_grad):
 @register
 class SwiGLU(Exercise):
     name = "swiglu"
+    forbidden = ("torch.nn.functional.silu", "torch.nn.SiLU", "effilab.ops")
     notebook = NOTEBOOK
     title = "A fused SwiGLU forward: silu(a) * b"
     points = {"correctness": 2.0, "speed": 1.0}
@@ -280,6 +283,7 @@ class SwiGLU(Exercise):
 @register
 class SwiGLUBackward(Exercise):
     name = "swiglu_backward"
+    forbidden = ("effilab.ops",)
     notebook = NOTEBOOK
     title = "SwiGLU backward (extra): da and db in one kernel"
     points = {"correctness": 1.0}
@@ -327,6 +331,8 @@ def _ce_inputs(s, n, v, dtype, dev, scale=3.0, offset=0.0, ignore=0.0):
 @register
 class CrossEntropy(Exercise):
     name = "cross_entropy"
+    forbidden = ("torch.nn.functional.cross_entropy", "torch.nn.functional.log_softmax", "torch.nn.functional.nll_loss",
+                 "torch.nn.CrossEntropyLoss", "effilab.ops")
     notebook = NOTEBOOK
     title = "Cross-entropy with an online softmax over vocabulary chunks"
     points = {"correctness": 3.0, "memory": 1.0}
@@ -418,6 +424,7 @@ def _attn_inputs(s, shape, dtype, dev):
 @register
 class FlashAttention(Exercise):
     name = "flash_attention"
+    forbidden = ("torch.nn.functional.scaled_dot_product_attention", "torch.nn.attention", "effilab.ops")
     notebook = NOTEBOOK
     title = "FlashAttention forward: online softmax over key blocks"
     points = {"correctness": 3.0, "speed": 1.0, "memory": 1.0}
