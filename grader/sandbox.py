@@ -43,12 +43,17 @@ DENIED_EVENTS = {
 }
 
 
+_STDLIB = os.path.realpath(sysconfig.get_paths()["stdlib"]) + os.sep
+
+
 def _trusted_caller() -> bool:
+    """Whether the code asking is torch's, triton's or effilab's own: the innermost frame outside the
+    standard library decides (student code calling through a library frame further out stays untrusted)."""
     f = sys._getframe(2)
     while f is not None:
         fn = f.f_code.co_filename
-        if any(fn.startswith(d) for d in _TRUSTED_DIRS):
-            return True
+        if fn.startswith("<") or not fn.startswith(_STDLIB) or "site-packages" in fn:
+            return any(fn.startswith(d) for d in _TRUSTED_DIRS)
         f = f.f_back
     return False
 
@@ -77,14 +82,15 @@ def install(deny_read: list[str], allow_write: list[str]) -> None:
 
     _DENY_READ[:] = [os.path.realpath(d) for d in deny_read]
     _ALLOW_WRITE[:] = [os.path.realpath(d) for d in allow_write] + ["/dev/null"]
-    trusted = [os.path.dirname(torch.__file__)]
+    import effilab
+
+    trusted = [os.path.dirname(torch.__file__), os.path.dirname(effilab.__file__)]
     try:
         import triton
 
         trusted.append(os.path.dirname(triton.__file__))
     except ImportError:
         pass
-    trusted.append(sysconfig.get_paths()["stdlib"] + os.sep + "multiprocessing")
     _TRUSTED_DIRS[:] = [os.path.realpath(d) + os.sep for d in trusted]
     sys.addaudithook(_hook)
     _ACTIVE[0] = True

@@ -105,6 +105,10 @@ def main() -> int:
     scratch = os.path.join(jobdir, "scratch")
     os.makedirs(scratch, exist_ok=True)
     os.chdir(scratch)
+    import tempfile
+
+    tempfile.tempdir = scratch  # the checker's own temporary files (quiet()'s stderr capture) go here
+    os.environ["TMPDIR"] = scratch
     sandbox.install(deny_read=job.get("deny_read", []), allow_write=[scratch, "/tmp/triton", os.path.expanduser("~/.triton"),
                                                                      "/dev/shm"])
     integrity = sandbox.Integrity()
