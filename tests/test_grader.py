@@ -48,8 +48,9 @@ def test_release_has_stubs_and_no_hidden_tests():
 
 def test_examples_are_up_to_date(tmp_path):
     built = build_examples(Course(), out=tmp_path, log=lambda *a: None)
+    assert {p.parent.name for p in built} == set(Course().assignments())
     for p in built:
-        committed = EXAMPLES / p.name
+        committed = REPO / "grader" / "examples" / p.parent.name / p.name
         assert _norm(p) == _norm(committed), f"{committed} is stale: run `python -m grader examples`"
 
 
