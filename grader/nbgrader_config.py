@@ -13,8 +13,7 @@ def apply(c) -> None:
     # Grading runs whole notebooks, Triton's interpreter included on a CPU: be generous per cell,
     # and interrupt (not hang) a cell that runs away.
     c.Execute.timeout = 1800
-    c.Execute.interrupt_on_timeout = True
-    c.Execute.allow_errors = True
+    c.Execute.interrupt_on_timeout = True  # (nbgrader's Execute always goes on after a failing cell)
     # Feedback must explain a failed hidden test without showing its code.
     c.GenerateFeedback.preprocessors = [
         "nbgrader.preprocessors.GetGrades",

@@ -20,3 +20,33 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# A fixed course secret for the autograde round trips: the hidden inputs are then the same on every
+# run, so a score asserted here cannot flip with a fresh random secret. tests/test_nb*_checkers.py
+# and tests/test_grading_core.py cover the hidden suites across several secrets.
+TEST_COURSE_SECRET = 1_234_567
+
+
+def graded_examples(root, assignments, secret: int = TEST_COURSE_SECRET, **autograde_kw):
+    """A temporary course with the example submissions (alice, bob, carol) of ``assignments`` collected
+    and autograded; returns the Course."""
+    from grader.cli import autograde
+    from grader.collect import collect
+    from grader.course import REPO, Course
+
+    course = Course(root=root)
+    secret_file = course.path("secret_seed")
+    secret_file.parent.mkdir(parents=True, exist_ok=True)
+    secret_file.write_text(str(secret))
+    sources = [str(REPO / "grader" / "examples" / a) for a in assignments]
+    outcomes = collect(course, sources, log=lambda *a: None)
+    assert sum(o.ok for o in outcomes) == 3 * len(assignments), [o.message for o in outcomes if not o.ok]
+    for a in assignments:
+        assert autograde(course, assignment=a, log=lambda *a: None, **autograde_kw) == 0
+    return course
+
+
+@pytest.fixture(scope="session")
+def make_graded():
+    return graded_examples

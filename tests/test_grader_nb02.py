@@ -6,9 +6,10 @@ import json
 import nbformat
 import pytest
 
-from grader.cli import autograde, feedback, scores
-from grader.collect import collect
-from grader.course import REPO, Course
+from grader.cli import feedback, scores
+from grader.course import REPO
+
+from conftest import TEST_COURSE_SECRET
 
 A = "02_mixed_precision"
 EXAMPLES = REPO / "grader" / "examples" / A
@@ -16,13 +17,8 @@ HIDDEN_SEEDS = ["60917", "27143", "81239"]
 
 
 @pytest.fixture(scope="module")
-def graded(tmp_path_factory):
-    root = tmp_path_factory.mktemp("course02")
-    course = Course(root=root)
-    outcomes = collect(course, [str(EXAMPLES)], log=lambda *a: None)
-    assert sum(o.ok for o in outcomes) == 3, [o.message for o in outcomes]
-    assert autograde(course, assignment=A, log=lambda *a: None) == 0
-    return course
+def graded(tmp_path_factory, make_graded):
+    return make_graded(tmp_path_factory.mktemp("course02"), [A])
 
 
 def test_bugs_apply_to_the_solution():
@@ -57,7 +53,7 @@ def test_feedback_explains_failures_without_hidden_tests(graded):
     made = [p for p in feedback(graded, assignment=A, log=lambda *a: None) if A in str(p)]
     assert len(made) == 3
     secrets = ["BEGIN HIDDEN TESTS", 'suite="hidden"', "suite=&quot;hidden&quot;"] + [
-        f"seed{eq}{n}" for n in HIDDEN_SEEDS for eq in ("=", "</span><span class=\"o\">=</span><span class=\"mi\">")]
+        f"seed{eq}{n}" for n in HIDDEN_SEEDS + [str(TEST_COURSE_SECRET)] for eq in ("=", "</span><span class=\"o\">=</span><span class=\"mi\">")]
     for html in made:
         text = html.read_text()
         for sec in secrets:

@@ -2,13 +2,13 @@
 autograded in a temporary course — alice earns every correctness point, bob loses exactly the
 points of his bugs (bugs.json), carol nothing — and the feedback shows no hidden test."""
 import json
-from pathlib import Path
 
 import pytest
 
-from grader.cli import autograde, feedback, scores
-from grader.collect import collect
-from grader.course import REPO, Course
+from grader.cli import feedback, scores
+from grader.course import REPO
+
+from conftest import TEST_COURSE_SECRET
 
 A3, A4 = "03_gradient_checkpointing", "04_gradient_accumulation"
 EXAMPLES = {a: REPO / "grader" / "examples" / a for a in (A3, A4)}
@@ -16,13 +16,8 @@ HIDDEN_SEEDS = ["60821", "27449", "83117", "41893", "71329", "35177"]
 
 
 @pytest.fixture(scope="module")
-def graded(tmp_path_factory):
-    course = Course(root=tmp_path_factory.mktemp("course"))
-    outcomes = collect(course, [str(p) for p in EXAMPLES.values()], log=lambda *a: None)
-    assert sum(o.ok for o in outcomes) == 6, [o.message for o in outcomes if not o.ok]
-    for a in (A3, A4):
-        assert autograde(course, assignment=a, log=lambda *a: None) == 0
-    return course
+def graded(tmp_path_factory, make_graded):
+    return make_graded(tmp_path_factory.mktemp("course"), [A3, A4])
 
 
 def test_bugs_are_the_classic_mistakes():
@@ -62,7 +57,7 @@ def test_feedback_explains_failures_without_hidden_tests(graded):
     assert len(made) == 6
     for html in made:
         text = html.read_text()
-        for secret in ["BEGIN HIDDEN TESTS", 'suite="hidden"', "suite=&quot;hidden&quot;", *HIDDEN_SEEDS]:
+        for secret in ["BEGIN HIDDEN TESTS", 'suite="hidden"', "suite=&quot;hidden&quot;", *HIDDEN_SEEDS, str(TEST_COURSE_SECRET)]:
             assert secret not in text, f"{html} shows hidden test source ({secret})"
     bob3 = graded.path("feedback", "bob", A3, f"{A3}.html").read_text()
     bob4 = graded.path("feedback", "bob", A4, f"{A4}.html").read_text()

@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from grader.cli import autograde, feedback, scores
-from grader.collect import collect
-from grader.course import REPO, Course
+from grader.cli import feedback, scores
+from grader.course import REPO
+
+from conftest import TEST_COURSE_SECRET
 
 A = "08_operator_fusion"
 EXAMPLES = REPO / "grader" / "examples" / A
@@ -14,13 +15,8 @@ HIDDEN_SEEDS = ["60493", "27119", "83401", "44927", "71233"]
 
 
 @pytest.fixture(scope="module")
-def graded(tmp_path_factory):
-    root = tmp_path_factory.mktemp("course08")
-    course = Course(root=root)
-    outcomes = collect(course, [str(EXAMPLES)], log=lambda *a: None)
-    assert sum(o.ok for o in outcomes) == 3, [o.message for o in outcomes]
-    assert autograde(course, assignment=A, log=lambda *a: None) == 0
-    return course
+def graded(tmp_path_factory, make_graded):
+    return make_graded(tmp_path_factory.mktemp("course08"), [A])
 
 
 def test_bugs_apply_to_the_solution():
@@ -52,7 +48,7 @@ def test_autograde_scores_the_examples(graded):
 def test_feedback_explains_failures_without_hidden_tests(graded):
     made = [p for p in feedback(graded, assignment=A, log=lambda *a: None) if A in str(p)]
     assert len(made) == 3
-    secrets = ["BEGIN HIDDEN TESTS", 'suite="hidden"', "suite=&quot;hidden&quot;"] + HIDDEN_SEEDS
+    secrets = ["BEGIN HIDDEN TESTS", 'suite="hidden"', "suite=&quot;hidden&quot;"] + HIDDEN_SEEDS + [str(TEST_COURSE_SECRET)]
     for html in made:
         text = html.read_text()
         for sec in secrets:

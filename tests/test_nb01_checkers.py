@@ -93,13 +93,15 @@ def _to_bf16(rounded):
 def test_round_truncation_is_rejected():
     v = check("round_to_bf16", lambda x: _to_bf16(_bits(x) >> 16), verbose=False)
     assert "normal numbers" in failed(v) and "ties round to even" in failed(v)
-    assert "infinities and NaNs" not in failed(v) or True
     assert v.points < 3.0
 
 
-def test_round_ties_away_from_zero_loses_only_ties():
+# 121751464 is a course seed whose random "normal" and "subnormal" inputs once held exact ties, so
+# this mistake also cost those groups; the generator now keeps ties in their own group
+@pytest.mark.parametrize("suite,seed", [("public", 0), ("hidden", 121751464), ("hidden", 2024), ("hidden", 77)])
+def test_round_ties_away_from_zero_loses_only_ties(suite, seed):
     v = check("round_to_bf16", lambda x: _to_bf16(torch.where(torch.isnan(x), 0x7FC0, (_bits(x) + 0x8000) >> 16)),
-              verbose=False)
+              suite=suite, seed=seed, verbose=False)
     assert failed(v) == ["odd 2-D shape 1823×781, all bit patterns", "ties round to even"]
     assert v.points == 2.0
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from effilab.grading import check
-from effilab.grading.nbcode import code_cells, exec_cells, is_setup, load_notebook, solution_namespace
+from effilab.grading.nbcode import exec_cells, is_setup, load_notebook, solution_namespace
 
 ROOT = Path(__file__).resolve().parents[1]
 NB = ROOT / "solutions" / "08_operator_fusion.ipynb"

@@ -3,7 +3,6 @@ stderr), and the student edition's release (exercises unsolved, checks failing h
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import nbformat
 import pytest

@@ -48,6 +48,24 @@ __all__ = [
 
 NOT_ON_CPU = "needs a CUDA GPU — not awarded here"
 
+N_CASE_SEEDS = 5  # every group of an exercise runs its cases on at least this many seeds
+
+
+def case_seeds(suite: str, seed: int, n: int = N_CASE_SEEDS) -> list[int]:
+    """The seeds an exercise draws its inputs from.
+
+    The public suite (the notebook's self-check) uses 0 … n-1. The hidden suite derives them from
+    ``seed`` (the grader passes the course's secret), so hidden inputs differ from the public ones
+    and from one course to the next. Kept below 2**40, well inside what any torch generator takes.
+    """
+    base = 0 if suite == "public" else (1_000_003 * (seed + 1)) % (1 << 40)
+    return [base + i for i in range(n)]
+
+
+def default_device() -> torch.device:
+    """Where an exercise runs its cases: the CUDA GPU when there is one, else the CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
 
 # ----------------------------------------------------------------------------------------------
 # Cases, groups, verdicts

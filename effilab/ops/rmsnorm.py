@@ -194,9 +194,15 @@ def _bwd_config(n_cols: int, elem_bytes: int, device: torch.device, config=None)
         return max(1, min(64, 32768 // block_n)), block_n, 4, 4, 1
     if config is None:
         block_m = max(1, min(16, 2048 // block_n))
-        per_sm = 2 if block_n <= 8192 else 1
         num_warps = warps_for_row(block_m * block_n, elem_bytes)
-        num_stages = 1
+        if block_m == 1:
+            # wide rows: one persistent program per SM that prefetches its next row (2 stages) was
+            # the fastest of the swept configurations at 16384x4096 bf16 on an H100
+            # (benchmarks/results/ops/summary.md: 0.410 ms fwd+bwd, against 0.611 ms for 2
+            # programs per SM without prefetch)
+            per_sm, num_stages = 1, 2
+        else:
+            per_sm, num_stages = 2, 1
     else:
         block_m, per_sm, num_warps, num_stages = config
     return block_m, block_n, per_sm * num_sms(device), num_warps, num_stages

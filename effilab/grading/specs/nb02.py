@@ -16,16 +16,14 @@
 """
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
 
-from ..core import NOT_ON_CPU, Case, Exercise, Group, poisoned_allocations, register, speed_verdict  # noqa: F401
-from ..core import describe_exception
+from ..core import (Case, Exercise, Group, case_seeds, default_device, describe_exception, poisoned_allocations,
+                    register, speed_verdict)
 
 NOTEBOOK = "02_mixed_precision"
-N_SEEDS = 5
 
 #: The master weights' total update of each parameter tensor must be within this relative error of
 #: the fp32 trajectory's (‖Δyours − Δfp32‖ / ‖Δfp32‖). Measured on CPU (torch 2.13, 5 seeds): a
@@ -41,13 +39,6 @@ BF16_SPEED_THRESHOLD = 3.0  # H100, gpu-real 16×1024: 6.34–6.43× measured (b
 SPEED_PRESET, SPEED_BATCH = "gpu-real", 16
 
 
-def _seeds(suite: str, seed: int) -> list[int]:
-    base = 0 if suite == "public" else (1_000_003 * (seed + 1)) % (1 << 40)  # the course seed is < 2**31
-    return [base + i for i in range(N_SEEDS)]
-
-
-def _device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 class _OneThread:
@@ -213,7 +204,7 @@ class DynamicLossScalerExercise(Exercise):
         out = []
         for check, kind, gname, hint in self._GROUPS:
             cases = []
-            for i, s in enumerate(_seeds(suite, seed)):
+            for i, s in enumerate(case_seeds(suite, seed)):
                 k = kind if kind != "mixed" else ("overflow" if i % 2 else "clean")
                 script = _scaler_script(k, s * 10 + ("scale", "skip", "grads", "state").index(check))
                 kw = script["kwargs"]
@@ -348,7 +339,7 @@ class MixedPrecisionTrainerExercise(Exercise):
                           f"steps of SGD(lr=0.1, momentum=0.9), max_norm 1.0"
                           + (f", GradScaler(init_scale={scaler_kw['init_scale']:g})" if scaler_kw else ""),
                           (s,), meta={"dtype": dtype, "scaler": scaler_kw})
-                     for s in _seeds(suite, seed)]
+                     for s in case_seeds(suite, seed)]
             out.append(Group(gname, cases, hint))
         return out
 
@@ -491,7 +482,7 @@ class BF16TrainStep(Exercise):
     signature = "bf16_train_step(model, optimizer, batch) -> loss (a detached 0-dim tensor)"
 
     def groups(self, suite, seed):
-        seeds = _seeds(suite, seed)
+        seeds = case_seeds(suite, seed)
         return [
             Group("the forward runs under torch.autocast(dtype=torch.bfloat16); weights stay fp32",
                   [Case(f"seed {s}: cpu-tiny GPT, batch 4×64", (s,), meta={"check": "autocast"}) for s in seeds],
@@ -509,7 +500,7 @@ class BF16TrainStep(Exercise):
 
     def _run_case(self, fn, case):
         (s,) = case.args
-        dev = _device()
+        dev = default_device()
         model, batch = _step_case(s, dev)
         opt = _adamw(model)
         seen = []
@@ -548,7 +539,7 @@ class BF16TrainStep(Exercise):
     def compare(self, out, case):
         """Loss and parameters after the student's step against the reference bf16 step (same device)."""
         (s,) = case.args
-        ref, batch = _step_case(s, _device())
+        ref, batch = _step_case(s, default_device())
         ref_loss = reference_bf16_train_step(ref, _adamw(ref), batch)
         loss = out["loss"]
         if not math.isclose(float(loss), float(ref_loss), rel_tol=1e-3):

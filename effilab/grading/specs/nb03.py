@@ -26,10 +26,10 @@ import torch
 from ...memory import _is_parameter, _storage_key, _storage_nbytes
 from ...models.gpt import GPT, GPTConfig
 from ..compare import compare_tensors
-from ..core import NOT_ON_CPU, Case, Exercise, Group, Verdict, describe_exception, register, speed_verdict
+from ..core import (NOT_ON_CPU, Case, Exercise, Group, Verdict, case_seeds, default_device, describe_exception,
+                    register, speed_verdict)
 
 NOTEBOOK = "03_gradient_checkpointing"
-N_SEEDS = 5
 MEMORY_RATIO = 1 / 3  # peak activation memory with √L checkpointing / without, at L = 16
 TIME_OVERHEAD = 0.40  # a checkpointed step may be at most 40 % slower (GPU)
 GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-7
@@ -37,13 +37,6 @@ GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-7
 __all__ = ["one_thread", "peak_saved_bytes", "SavedTensorMeter", "reference_segments", "MEMORY_RATIO", "TIME_OVERHEAD"]
 
 
-def _seeds(suite: str, seed: int) -> list[int]:
-    base = 0 if suite == "public" else 1_000_003 * (seed + 1)
-    return [base + i for i in range(N_SEEDS)]
-
-
-def _device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 @contextlib.contextmanager
@@ -206,7 +199,7 @@ class Checkpoint(Exercise):
     signature = "checkpoint(fn, *args) -> fn(*args), recomputed in backward"
 
     def groups(self, suite, seed):
-        seeds = _seeds(suite, seed)
+        seeds = case_seeds(suite, seed)
         shapes = [(4, 64), (3, 37), (2, 50), (5, 23), (1, 61)]
         layers = [2, 3, 2, 4, 3]
         plain = [Case(f"GPT {L} blocks, batch {B}×{T}, seed {s}", meta=dict(kind="gpt", dropout=0.0, s=s, B=B, T=T, L=L))
@@ -247,7 +240,7 @@ class Checkpoint(Exercise):
         return None if problem is None else f"{case.label}: {problem}"
 
     def _run(self, ckpt, m) -> str | None:
-        dev = _device()
+        dev = default_device()
         if m["kind"] == "multi":
             g = torch.Generator().manual_seed(m["s"])
             a0 = torch.randn(7, 33, generator=g).to(dev)
@@ -309,7 +302,7 @@ class SegmentsFor(Exercise):
     signature = "segments_for(n_layers: int) -> list[tuple[int, int]]  # (start, end), end exclusive"
 
     def groups(self, suite, seed):
-        g = torch.Generator().manual_seed(_seeds(suite, seed)[0])
+        g = torch.Generator().manual_seed(case_seeds(suite, seed)[0])
         small = [1, 2, 3, 4, 5]
         square = [9, 16, 25, 36, 64]
         other = sorted(set(int(v) for v in torch.randint(6, 200, (5,), generator=g)))
@@ -361,7 +354,7 @@ class BestNSegments(Exercise):
 
     def groups(self, suite, seed):
         out = []
-        g = torch.Generator().manual_seed(_seeds(suite, seed)[0] + 17)
+        g = torch.Generator().manual_seed(case_seeds(suite, seed)[0] + 17)
         for name, ratio_lo, ratio_hi in (("a layer keeps as much as its input (a = b)", 1, 1),
                                          ("a layer keeps far more than its input (a ≫ b, a Transformer)", 8, 40),
                                          ("inputs dearer than layers (a < b)", 0.05, 0.5)):
@@ -404,7 +397,7 @@ class CheckpointedBlocks(Exercise):
     signature = "checkpointed_blocks(model: GPT, x: Tensor[B, T, C], segments: list[(start, end)]) -> Tensor[B, T, C]"
 
     def groups(self, suite, seed):
-        seeds = _seeds(suite, seed)
+        seeds = case_seeds(suite, seed)
         specs = {
             "one segment per block": [(L, [(i, i + 1) for i in range(L)]) for L in (2, 3, 4, 5, 3)],
             "√L segments (16 blocks in 4 segments, 9 in 3, …)": [(L, reference_segments(L)) for L in (16, 9, 7, 4, 12)],
@@ -422,7 +415,7 @@ class CheckpointedBlocks(Exercise):
 
     def run_case(self, fn, case):
         m = case.meta
-        dev = _device()
+        dev = default_device()
         try:
             with one_thread():
                 cfg = GPTConfig.preset("cpu-tiny", n_layer=m["L"])
@@ -452,7 +445,7 @@ class CheckpointedBlocks(Exercise):
         else:
             cfg = GPTConfig.preset("cpu-tiny", **CPU_MEMORY_CFG)
             B, T = CPU_MEMORY_BATCH
-        dev = _device()
+        dev = default_device()
         segs = reference_segments(cfg.n_layer)
         model = GPT(cfg, seed=seed).to(dev).train()
         x, y = _batch(seed, B, T, dev)

@@ -18,11 +18,11 @@ import torch
 from ...data import variable_length_batch
 from ...models.gpt import GPT, GPTConfig
 from ..compare import compare_tensors
-from ..core import Case, Exercise, Group, Verdict, _clone, describe_exception, register
+from ..core import (Case, Exercise, Group, Verdict, _clone, case_seeds, default_device, describe_exception,
+                    register)
 from .nb03 import one_thread, peak_saved_bytes
 
 NOTEBOOK = "04_gradient_accumulation"
-N_SEEDS = 5
 GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-7
 N_MICRO = 4
 MEMORY_BUDGET = 0.40  # peak activation memory of 4 micro-batches / of the full batch (ideal 0.25)
@@ -30,13 +30,6 @@ GPU_PRESET, GPU_BATCH, GPU_LEN = "gpu-real", 16, 1024
 CPU_MEM_LAYERS, CPU_MEM_BATCH, CPU_MEM_LEN = 4, 16, 64
 
 
-def _seeds(suite: str, seed: int) -> list[int]:
-    base = 0 if suite == "public" else 1_000_003 * (seed + 1)
-    return [base + i for i in range(N_SEEDS)]
-
-
-def _device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 def _data(s: int) -> torch.Tensor:
@@ -91,7 +84,7 @@ class AccumulateGradients(Exercise):
     signature = "accumulate_gradients(model: GPT, micro_batches: list[(x, y, mask)]) -> float (the mean token loss)"
 
     def groups(self, suite, seed):
-        seeds = _seeds(suite, seed)
+        seeds = case_seeds(suite, seed)
         layouts = {
             "a single micro-batch (the full batch itself)":
                 [([b], [T], None) for b, T in ((4, 64), (3, 40), (6, 33), (1, 64), (5, 17))],
@@ -131,7 +124,7 @@ class AccumulateGradients(Exercise):
             return self._run_case(fn, case)
 
     def _run_case(self, fn, case):
-        dev = _device()
+        dev = default_device()
         s = case.meta["s"]
         mbs = [tuple(t.to(dev) for t in mb) for mb in case.args[0]]
         model = GPT(GPTConfig.preset("cpu-tiny"), seed=s).to(dev).train()
@@ -167,7 +160,7 @@ class AccumulateGradients(Exercise):
         points = float(self.points["memory"])
         v = Verdict(self.name, "memory", 0.0, points)
         on_gpu = torch.cuda.is_available()
-        dev = _device()
+        dev = default_device()
         if on_gpu:
             cfg, B, T = GPTConfig.preset(GPU_PRESET), GPU_BATCH, GPU_LEN
         else:
@@ -247,7 +240,7 @@ class ScaledLR(Exercise):
     signature = "scaled_lr(base_lr: float, base_batch: int, new_batch: int, rule: str) -> float"
 
     def groups(self, suite, seed):
-        g = torch.Generator().manual_seed(_seeds(suite, seed)[0] + 5)
+        g = torch.Generator().manual_seed(case_seeds(suite, seed)[0] + 5)
 
         def draws(k, up=True):
             out = []
