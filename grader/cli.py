@@ -90,6 +90,7 @@ def autograde(course: Course, assignment=None, student=None, force=False, verify
     authoritative verification outside the notebook kernel (:mod:`grader.verify`), whose scores the
     gradebook keeps. A submission counts as graded only once ``.effilab-graded`` is written, so a run
     killed half-way is finished by the next one and nothing is graded twice."""
+    from .normalize import prepare_submission
     from .verify import record, verify_notebook
 
     targets = _targets(course, assignment, student)
@@ -108,6 +109,7 @@ def autograde(course: Course, assignment=None, student=None, force=False, verify
             log(f"autograde: {s} / {a}: already graded (use regrade to grade again)")
             continue
         log(f"autograde: {s} / {a} …")
+        prepare_submission(course, a, s, log)
         result = api.autograde(a, s, force=True, create=True)
         if not result["success"]:
             failures += 1
@@ -121,6 +123,17 @@ def autograde(course: Course, assignment=None, student=None, force=False, verify
         marker.write_text("graded\n")
     print_scores(course, assignment, log)
     return failures
+
+
+def worker_count(workers: int, n_gpus: int) -> tuple[int, str | None]:
+    """How many grading workers to run: on a machine with GPUs at most one per GPU, so that no two
+    speed checks share a GPU; without GPUs as many as asked for."""
+    if workers < 1:
+        raise SystemExit(f"autograde: --workers must be at least 1, not {workers}")
+    if n_gpus and workers > n_gpus:
+        return n_gpus, (f"{workers} workers asked for but {n_gpus} GPU(s) here: running {n_gpus}, one per GPU "
+                        "(speed checks never share a GPU)")
+    return workers, None
 
 
 def _autograde_parallel(course: Course, targets, workers: int, force: bool, verify: bool, log) -> int:
@@ -140,6 +153,9 @@ def _autograde_parallel(course: Course, targets, workers: int, force: bool, veri
         n_gpus = torch.cuda.device_count()
     except Exception:
         n_gpus = 0
+    workers, note = worker_count(workers, n_gpus)
+    if note:
+        log(f"autograde: {note}")
     free = list(range(workers))
     lock = threading.Lock()
 
@@ -149,7 +165,7 @@ def _autograde_parallel(course: Course, targets, workers: int, force: bool, veri
             slot = free.pop()
         env = dict(os.environ)
         if n_gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(slot % n_gpus)
+            env["CUDA_VISIBLE_DEVICES"] = str(slot)
         cmd = [sys.executable, "-m", "grader", "--course", str(course.root), "--db", course.db_url, "autograde",
                "-a", a, "-s", s] + (["--force"] if force else []) + ([] if verify else ["--no-verify"])
         try:
@@ -158,7 +174,7 @@ def _autograde_parallel(course: Course, targets, workers: int, force: bool, veri
             with lock:
                 free.append(slot)
         status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
-        log(f"autograde: {s} / {a}: {status}" + (f" on GPU {slot % n_gpus}" if n_gpus else f" (worker {slot})"))
+        log(f"autograde: {s} / {a}: {status}" + (f" on GPU {slot}" if n_gpus else f" (worker {slot})"))
         if proc.returncode:
             _write_report(course, f"autograde-{a}-{s}.log", proc.stdout + proc.stderr)
         return proc.returncode

@@ -1,9 +1,10 @@
 """Take a student's code for one exercise out of a submitted notebook, and check it statically.
 
 *Extraction.* The code graded for exercise ``E`` is the instructor's own setup cell (the locked
-``setup_imports`` cell of ``solutions/``, never the student's copy) plus the student's solution
-cells that define ``E`` and, transitively, the names those cells use. Another exercise's cell —
-possibly broken, possibly hostile — is not run when ``E`` is graded.
+``setup_imports`` cell of ``solutions/``, never the student's copy) plus the student's cells
+(solution cells and cells the student added) that define ``E`` and, transitively, the names those
+cells use beyond what the setup provides. Another exercise's cell — possibly broken, possibly
+hostile — is not run when ``E`` is graded.
 
 *Static checks.* Each exercise lists ``forbidden`` dotted names (library ops that do the whole job,
 the effilab reference kernels) and the checker rejects code that imports or refers to them, also
@@ -57,11 +58,17 @@ def _strip_magics(src: str) -> str:
 
 
 def solution_cells(nb) -> list[Cell]:
+    """The student's code cells: the solution cells, and the cells the student added (no nbgrader
+    metadata: helpers, scratch work, cells the grader demoted when it repaired the notebook). The
+    assignment's own cells — setup, demos, tests — are never taken from a submission."""
     cells = []
     for i, c in enumerate(nb.cells):
-        meta = c.get("metadata", {}).get("nbgrader", {}) or {}
-        if c.get("cell_type") != "code" or not meta.get("solution"):
+        if c.get("cell_type") != "code":
             continue
+        meta = c.get("metadata", {}).get("nbgrader")
+        if meta is not None and not (isinstance(meta, dict) and meta.get("solution")):
+            continue
+        meta = meta or {}
         src = _strip_magics(c.get("source", ""))
         try:
             tree = ast.parse(src)
@@ -79,10 +86,21 @@ def setup_source(source_nb) -> str:
     return ""
 
 
-def cells_for(name: str, cells: list[Cell]) -> list[Cell]:
-    """The solution cells that define ``name`` and, transitively, what they use (notebook order)."""
+def names_defined(source: str) -> set[str]:
+    """Top-level names a piece of code defines (empty if it does not parse)."""
+    try:
+        return _top_level_names(ast.parse(_strip_magics(source)))
+    except SyntaxError:
+        return set()
+
+
+def cells_for(name: str, cells: list[Cell], provided: set[str] = frozenset()) -> list[Cell]:
+    """The student's cells that define ``name`` and, transitively, what they use (notebook order).
+
+    Names in ``provided`` (what the instructor's setup cell defines: ``torch``, ``triton``…) are
+    not chased, so a cell that merely imports torch again is not pulled in."""
     wanted, chosen, frontier = set(), {}, {name}
-    builtin_names = set(dir(builtins))
+    builtin_names = set(dir(builtins)) | set(provided)
     while frontier:
         n = frontier.pop()
         wanted.add(n)

@@ -33,7 +33,8 @@ from pathlib import Path
 import nbformat
 
 from .course import Course
-from .extract import cells_for, setup_source, solution_cells, static_problems
+from .extract import cells_for, names_defined, setup_source, solution_cells, static_problems
+from .normalize import grader_notes
 
 MAX_REPORT = 6000  # characters of a verdict's report kept (huge outputs are truncated)
 
@@ -220,13 +221,14 @@ def verify_notebook(course: Course, assignment: str, nb_path: Path, timeout: flo
                 for gid, (name, part, pts) in grade_map(source).items()]
     cells = solution_cells(sub)
     setup = setup_source(source)
+    provided = names_defined(setup)
     seed = course_secret(course)
     out = []
     for gid, (name, part, pts) in grade_map(source).items():
         if only is not None and gid not in only:
             continue
         ex = get(name)
-        chosen = cells_for(name, cells)
+        chosen = cells_for(name, cells, provided)
         t0 = time.time()
         if not chosen:
             out.append(PartResult(gid, name, part, 0.0, pts, f"{name} [{part}]: 0 / {pts:g} points — no solution "
@@ -266,6 +268,12 @@ def record(course: Course, assignment: str, student: str, results: list[PartResu
         nb = nbformat.read(str(nbp), as_version=4)
         by = {r.grade_id: r for r in results}
         cells = []
+        notes = grader_notes(nb)
+        if notes:  # what the grader repaired in the notebook's structure (grader/normalize.py)
+            m = nbformat.v4.new_markdown_cell("**Notes from the grader** — your notebook's grading structure was "
+                                              "repaired before grading:\n\n" + "\n".join(f"* {n}" for n in notes))
+            m.metadata["effilab_verdict"] = True
+            cells.append(m)
         for c in nb.cells:
             if c.get("metadata", {}).get("effilab_verdict"):
                 continue  # replaced on regrade

@@ -28,9 +28,9 @@ def pytest_collection_modifyitems(config, items):
 TEST_COURSE_SECRET = 1_234_567
 
 
-def graded_examples(root, assignments, secret: int = TEST_COURSE_SECRET, **autograde_kw):
-    """A temporary course with the example submissions (alice, bob, carol) of ``assignments`` collected
-    and autograded; returns the Course."""
+def graded_examples(root, assignments, secret: int = TEST_COURSE_SECRET, sources=None, expect=None, **autograde_kw):
+    """A temporary course with the example submissions (alice, bob, carol) of ``assignments`` — or the
+    notebooks under ``sources`` — collected and autograded; returns the Course."""
     from grader.cli import autograde
     from grader.collect import collect
     from grader.course import REPO, Course
@@ -39,9 +39,10 @@ def graded_examples(root, assignments, secret: int = TEST_COURSE_SECRET, **autog
     secret_file = course.path("secret_seed")
     secret_file.parent.mkdir(parents=True, exist_ok=True)
     secret_file.write_text(str(secret))
-    sources = [str(REPO / "grader" / "examples" / a) for a in assignments]
+    sources = sources or [str(REPO / "grader" / "examples" / a) for a in assignments]
     outcomes = collect(course, sources, log=lambda *a: None)
-    assert sum(o.ok for o in outcomes) == 3 * len(assignments), [o.message for o in outcomes if not o.ok]
+    expect = 3 * len(assignments) if expect is None else expect
+    assert sum(o.ok for o in outcomes) == expect, [o.message for o in outcomes if not o.ok]
     for a in assignments:
         assert autograde(course, assignment=a, log=lambda *a: None, **autograde_kw) == 0
     return course

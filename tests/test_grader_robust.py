@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from grader.cli import scores
+from grader.cli import scores, worker_count
 from grader.collect import collect
 from grader.course import REPO, Course
 
@@ -60,3 +60,11 @@ def test_two_workers_give_the_same_grades_as_one(tmp_path):
         results[workers] = (_cells(scores(course)), time.time() - t0)
     assert results[1][0] == results[2][0]
     assert results[1][0][(A, "alice")]["decompose_check"] == 3.0
+
+
+def test_workers_are_capped_at_one_per_gpu():
+    assert worker_count(4, 2) == (2, worker_count(4, 2)[1]) and "one per GPU" in worker_count(4, 2)[1]
+    assert worker_count(2, 2) == (2, None)
+    assert worker_count(3, 0) == (3, None)  # CPU-only grading: as many as asked
+    with pytest.raises(SystemExit, match="at least 1"):
+        worker_count(0, 0)
