@@ -177,3 +177,24 @@ def test_export_and_idempotent_regrade(graded, tmp_path):
     changed = regrade(graded, student="carol", log=lambda *a: None)
     assert changed == {}
     assert scores(graded) == before
+
+
+@pytest.mark.slow
+def test_regrade_keeps_manual_grades_and_comments(graded):
+    with graded.gradebook() as gb:
+        g = gb.find_grade("round_to_bf16_check", A, A, "bob")
+        g.manual_score = 2.5  # the instructor overrides one cell after reading bob's notebook
+        c = gb.find_comment("round_to_bf16_solution", A, A, "bob")
+        c.manual_comment = "ties: see the lecture notes on round-to-nearest-even"
+        gb.db.commit()
+    before = scores(graded)
+    assert before[(A, "bob")]["cells"]["round_to_bf16_check"][0] == 2.5
+    logged = []
+    assert regrade(graded, student="bob", log=logged.append) == {}
+    assert "regrade: 0 submission(s) changed" in logged
+    with graded.gradebook() as gb:
+        g = gb.find_grade("round_to_bf16_check", A, A, "bob")
+        assert (g.manual_score, g.auto_score) == (2.5, 2.0)  # the grader's own score is kept beside it
+        c = gb.find_comment("round_to_bf16_solution", A, A, "bob")
+        assert c.manual_comment.startswith("ties:")
+    assert scores(graded) == before
