@@ -8,8 +8,10 @@ self-check; the score recorded in the gradebook comes from here:
   (``check("name", fn, "part")``);
 * for each part, :mod:`grader.extract` takes the student's code for that exercise (and what it
   uses), static checks reject forbidden imports and calls, and :mod:`grader.worker` runs it in a
-  fresh process, one per exercise part, with its own time limit — a crash, an exit, an
-  out-of-memory or an endless loop costs that part only;
+  fresh process, one per exercise part, with its own time limits (start-up and the first call,
+  where kernels compile, have a budget of their own) — a crash, an exit, an out-of-memory or an
+  endless loop costs that part only, and the groups whose cases finished before it keep their
+  points;
 * correctness inputs come from a per-course secret seed (``grader/course/secret_seed``) that never
   reaches the worker; the parent compares the returned outputs with its own expected values;
 * the verdicts are written to ``grader/course/verdicts/<student>/<assignment>.json`` (timings
@@ -86,8 +88,39 @@ def course_secret(course: Course) -> int:
     return int(p.read_text().strip())
 
 
-def _run_worker(job: dict, timeout: float, env: dict | None = None) -> tuple[dict | None, str]:
-    """Run one job in a fresh worker process; (result or None, what went wrong / worker output)."""
+COMPILE_BUDGET = 300.0  # seconds for start-up and the first call (Triton / torch.compile compile there)
+
+
+def _frames(data: bytes) -> tuple[list[dict], bool]:
+    """Decode the worker's length-prefixed frames; (frames, clean) where ``clean`` is False when bytes
+    are left over or a frame does not decode (something other than the worker wrote to the channel)."""
+    import io
+
+    import torch
+
+    out, pos = [], 0
+    while pos + 8 <= len(data):
+        (n,) = struct.unpack("<Q", data[pos:pos + 8])
+        if pos + 8 + n > len(data):
+            return out, False
+        try:
+            out.append(torch.load(io.BytesIO(data[pos + 8:pos + 8 + n]), weights_only=True))
+        except Exception:
+            return out, False
+        pos += 8 + n
+    return out, pos == len(data)
+
+
+def _run_worker(job: dict, timeout: float, env: dict | None = None,
+                compile_budget: float = COMPILE_BUDGET) -> tuple[dict | None, str]:
+    """Run one job in a fresh worker process; (result or None, what went wrong / worker output).
+
+    The worker sends a frame per finished correctness case, then a final frame. Time limits: the
+    start-up and the first case (where kernels compile) may take up to ``compile_budget`` seconds;
+    from the end of the first case — or, for speed and memory parts, from the end of that budget —
+    the rest has ``timeout`` seconds. A worker stopped at a limit still returns the cases it
+    finished, so the groups graded before the limit keep their points.
+    """
     import torch
 
     with tempfile.TemporaryDirectory(prefix="effilab-job-") as jobdir:
@@ -101,52 +134,67 @@ def _run_worker(job: dict, timeout: float, env: dict | None = None) -> tuple[dic
         proc = subprocess.Popen(cmd, pass_fds=(w,), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=worker_env, start_new_session=True)
         os.close(w)
-        chunks = []
+        chunks, logs = [], []
+        first_frame_at = []
         import threading
 
         def reader():
             with os.fdopen(r, "rb") as fh:
                 while True:
-                    b = fh.read(1 << 20)
+                    b = fh.read1(1 << 20)
                     if not b:
                         break
                     chunks.append(b)
+                    if not first_frame_at and len(_frames(b"".join(chunks))[0]) >= 1:
+                        first_frame_at.append(time.time())
                     if sum(map(len, chunks)) > (1 << 30):  # a runaway writer
                         break
 
-        th = threading.Thread(target=reader, daemon=True)
-        th.start()
-        try:
-            log, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            log, _ = proc.communicate()
-            th.join(5)
-            return None, f"time limit: your code ran longer than {timeout:.0f} s and was stopped"
-        th.join(30)
-        text = (log or b"").decode("utf-8", "replace")[-3000:]
-        data = b"".join(chunks)
-        if len(data) < 8:
-            why = f"the grading process ended without a result (exit code {proc.returncode})"
-            if proc.returncode and proc.returncode < 0:
-                why += f", killed by signal {-proc.returncode}"
-            return None, why + ": did your code exit, crash the interpreter or run out of memory?" + (
-                "\nlast output of the grading process:\n" + text[-1500:] if text.strip() else "")
-        (n,) = struct.unpack("<Q", data[:8])
-        if len(data) != 8 + n:
-            return None, "the result channel was written to by something other than the grader: tampering"
-        import io
+        def log_reader():
+            logs.append(proc.stdout.read())
 
-        try:
-            res = torch.load(io.BytesIO(data[8:]), weights_only=True)
-        except Exception as e:
-            return None, f"unreadable result ({type(e).__name__}): tampering or a crash"
+        th, lt = threading.Thread(target=reader, daemon=True), threading.Thread(target=log_reader, daemon=True)
+        th.start()
+        lt.start()
+        timed_out = False
+        while proc.poll() is None:
+            start_run = min(first_frame_at[0], t0 + compile_budget) if first_frame_at else t0 + compile_budget
+            if time.time() > start_run + timeout:
+                os.killpg(proc.pid, signal.SIGKILL)
+                timed_out = True
+                break
+            time.sleep(0.05)
+        proc.wait()
+        th.join(30)
+        lt.join(30)
+        text = (logs[0] if logs else b"").decode("utf-8", "replace")[-3000:]
+        frames, clean = _frames(b"".join(chunks))
+        cases = [f for f in frames if f.get("kind") == "case"]
+        final = [f for f in frames if f.get("kind") != "case"]
+        if (not clean and not timed_out) or len(final) > 1:
+            return None, "the result channel was written to by something other than the grader: tampering"
+        if timed_out or not final:
+            if timed_out:
+                why = (f"time limit: your code ran longer than {timeout:.0f} s (after up to {compile_budget:.0f} s "
+                       "for start-up and compiling) and was stopped")
+            else:
+                why = f"the grading process ended without a result (exit code {proc.returncode})"
+                if proc.returncode and proc.returncode < 0:
+                    why += f", killed by signal {-proc.returncode}"
+                why += ": did your code exit, crash the interpreter or run out of memory?" + (
+                    "\nlast output of the grading process:\n" + text[-1500:] if text.strip() else "")
+            if cases:  # what finished before the stop was checked already: those groups keep their points
+                return {"cases": cases, "notes": [why, "the cases that finished before this were graded"],
+                        "error": None, "_seconds": time.time() - t0}, text
+            return None, why
+        res = final[0]
+        res["cases"] = cases + list(res.get("cases", []))
         res["_seconds"] = time.time() - t0
         return res, text
 
 
 def verify_part(course: Course, ex, part: str, code: list[tuple[str, str]], seed: int, timeout: float,
-                env: dict | None = None) -> tuple[float, str, dict]:
+                env: dict | None = None, compile_budget: float = COMPILE_BUDGET) -> tuple[float, str, dict]:
     """(points, report, details) of one exercise part."""
     import torch
 
@@ -159,7 +207,7 @@ def verify_part(course: Course, ex, part: str, code: list[tuple[str, str]], seed
     if part == "correctness":
         groups = ex.groups("hidden", seed)
         job["cases"] = [(gi, ci, _case_cpu(c)) for gi, g in enumerate(groups) for ci, c in enumerate(g.cases)]
-    res, log = _run_worker(job, timeout, env)
+    res, log = _run_worker(job, timeout, env, compile_budget)
     if res is None:
         return 0.0, f"{ex.name} [{part}]: 0 / {max_pts:g} points — {log}", {}
     if res.get("error"):
@@ -209,7 +257,8 @@ def _case_cpu(case):
 
 
 def verify_notebook(course: Course, assignment: str, nb_path: Path, timeout: float = 900.0,
-                    env: dict | None = None, log=print, only: set | None = None) -> list[PartResult]:
+                    env: dict | None = None, log=print, only: set | None = None,
+                    compile_budget: float = COMPILE_BUDGET) -> list[PartResult]:
     """Grade every graded cell of a submitted notebook authoritatively."""
     from effilab.grading import get
 
@@ -241,7 +290,7 @@ def verify_notebook(course: Course, assignment: str, nb_path: Path, timeout: flo
                                   "this exercise:\n  " + "\n  ".join(problems)))
             continue
         code = [("setup cell", setup)] + [(f"your cell {c.grade_id}", c.source) for c in chosen]
-        points, report, details = verify_part(course, ex, part, code, seed, timeout, env)
+        points, report, details = verify_part(course, ex, part, code, seed, timeout, env, compile_budget)
         points = min(points, pts)
         out.append(PartResult(gid, name, part, points, pts, report[:MAX_REPORT], details, time.time() - t0))
         log(f"verify: {nb_path.parent.parent.name} / {assignment} / {gid}: {points:g} / {pts:g} ({time.time() - t0:.1f} s)")

@@ -209,3 +209,51 @@ def test_kernel_exercise_calling_a_library_op_or_the_reference_scores_zero(cours
                               only={g for g in ("rms_norm_check", "rms_norm_speed")})
     assert results and all(r.points == 0 for r in results), [(r.grade_id, r.points, r.report[:300]) for r in results]
     assert any("may not be used" in r.report for r in results)
+
+
+# ---------------------------------------------------------------------------------------------- time limits
+HANGS_ON_2D = '''
+def round_to_bf16(x):
+    if x.dim() == 2:  # the last group (1823x781): an endless loop
+        while True:
+            pass
+    bits = x.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    rounded = torch.where(torch.isnan(x), 0x7FC0, rounded)
+    rounded = torch.where(rounded >= 0x8000, rounded - 0x10000, rounded)
+    return rounded.to(torch.int16).view(torch.bfloat16)
+'''
+SLOW_FIRST_CALL = '''
+import time
+_compiled = []
+
+def round_to_bf16(x):
+    if not _compiled:  # stands for a kernel that takes long to compile on its first call
+        time.sleep(12)
+        _compiled.append(True)
+    bits = x.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    rounded = torch.where(torch.isnan(x), 0x7FC0, rounded)
+    rounded = torch.where(rounded >= 0x8000, rounded - 0x10000, rounded)
+    return rounded.to(torch.int16).view(torch.bfloat16)
+'''
+
+
+@pytest.mark.slow
+def test_a_time_limit_keeps_the_groups_finished_before_it(course, tmp_path):
+    nb = _cheat_notebook(tmp_path, "round_to_bf16_solution", HANGS_ON_2D)
+    (r,) = verify_notebook(course, A, nb, timeout=20, compile_budget=60, log=lambda *a: None,
+                           only={"round_to_bf16_check"})
+    assert r.points == 2.5, r.report  # 5 of 6 groups; the 2-D group was stopped
+    assert "time limit" in r.report and "not run" in r.report
+
+
+@pytest.mark.slow
+def test_compiling_on_the_first_call_has_its_own_budget(course, tmp_path):
+    nb = _cheat_notebook(tmp_path, "round_to_bf16_solution", SLOW_FIRST_CALL)
+    (r,) = verify_notebook(course, A, nb, timeout=10, compile_budget=60, log=lambda *a: None,
+                           only={"round_to_bf16_check"})
+    assert r.points == 3.0, r.report  # 12 s on the first call, then well under 10 s for the rest
+    (r,) = verify_notebook(course, A, nb, timeout=10, compile_budget=5, log=lambda *a: None,
+                           only={"round_to_bf16_check"})
+    assert r.points == 0 and "time limit" in r.report
