@@ -171,7 +171,9 @@ def _run_worker(job: dict, timeout: float, env: dict | None = None,
         frames, clean = _frames(b"".join(chunks))
         cases = [f for f in frames if f.get("kind") == "case"]
         final = [f for f in frames if f.get("kind") != "case"]
-        if (not clean and not timed_out) or len(final) > 1:
+        order = [(f.get("group"), f.get("case")) for f in cases]
+        in_order = order == sorted(set(order), key=lambda k: (k[0] or 0, k[1] or 0))  # the worker's order, once each
+        if (not clean and not timed_out) or len(final) > 1 or not in_order:
             return None, "the result channel was written to by something other than the grader: tampering"
         if timed_out or not final:
             if timed_out:
@@ -234,6 +236,8 @@ def verify_part(course: Course, ex, part: str, code: list[tuple[str, str]], seed
                 except Exception as exc:
                     problem = f"could not compare your output ({type(exc).__name__}: {exc})"
                 message = f"{case.label}: {problem}" if problem else ""
+            elif not (e.get("compared_in_worker") and ex.decided_in_worker):
+                message = f"{case.label}: no output came back from the grading process for this case: tampering?"
             if message:
                 break
         hint = g.hint

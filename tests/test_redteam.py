@@ -113,6 +113,20 @@ CHEATS = [
      "def underflow_fraction(g):\n    ns = {}\n    exec('r = 0.5', ns)\n    return ns['r']\n" + GOOD_MAX_SCALE),
     ("the function deleted", "loss_scale_solution", "underflow_fraction_check", GOOD_MAX_SCALE),
     ("binary garbage in the cell", "loss_scale_solution", "underflow_fraction_check", "\x00\x01 def )(:\n"),
+    ("forges passing result frames on the worker's pipe, then exits", "round_to_bf16_solution", "round_to_bf16_check",
+     textwrap.dedent('''
+     import io, os, struct, sys
+     def _frame(obj):
+         buf = io.BytesIO()
+         torch.save(obj, buf)
+         return struct.pack("<Q", len(buf.getvalue())) + buf.getvalue()
+     def round_to_bf16(x):
+         forged = b"".join(_frame({"kind": "case", "group": g, "case": c, "problem": None})
+                           for g in range(6) for c in range(5))
+         forged += _frame({"exercise": "round_to_bf16", "part": "correctness", "cases": [], "notes": [], "error": None})
+         os.write(int(sys.argv[2]), forged)
+         os._exit(0)
+     ''')),
 ]
 
 

@@ -314,6 +314,10 @@ class Exercise:
     # What the grader's static check rejects in the student's code for this exercise:
     forbidden: tuple[str, ...] = ()  # dotted names (and their submodules/attributes), aliases resolved
     forbidden_source: tuple[tuple[str, str], ...] = ()  # (regex, why) on the source text
+    # True when some cases are decided by the checker inside the grading worker (gradients compared
+    # after a training step, a ValueError expected…) instead of from an output the grader compares
+    # itself; for other exercises a case that returns no output counts as failed (grader.verify)
+    decided_in_worker: bool = False
 
     # -- to implement ---------------------------------------------------------------------------
     def groups(self, suite: str, seed: int) -> list[Group]:

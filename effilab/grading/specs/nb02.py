@@ -476,6 +476,7 @@ def _adamw(model):
 @register
 class BF16TrainStep(Exercise):
     name = "bf16_train_step"
+    decided_in_worker = True
     notebook = NOTEBOOK
     title = "A bf16 autocast training step, faster than fp32"
     points = {"correctness": 1.0, "speed": 2.0}

@@ -193,6 +193,7 @@ def _with_blocks(model: GPT, run_blocks: Callable | None) -> GPT:
 @register
 class Checkpoint(Exercise):
     name = "checkpoint"
+    decided_in_worker = True
     notebook = NOTEBOOK
     title = "An own activation checkpoint (torch.autograd.Function), RNG-preserving"
     points = {"correctness": 4.0}
@@ -391,6 +392,7 @@ CPU_MEMORY_BATCH = (4, 64)
 @register
 class CheckpointedBlocks(Exercise):
     name = "checkpointed_blocks"
+    decided_in_worker = True
     notebook = NOTEBOOK
     title = "Checkpoint the GPT by segments"
     points = {"correctness": 2.0, "memory": 2.0, "speed": 1.0}

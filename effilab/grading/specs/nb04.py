@@ -78,6 +78,7 @@ def _as_float(out):
 @register
 class AccumulateGradients(Exercise):
     name = "accumulate_gradients"
+    decided_in_worker = True
     notebook = NOTEBOOK
     title = "Gradient accumulation over uneven micro-batches, normalised by the total token count"
     points = {"correctness": 3.0, "memory": 1.0}
@@ -234,6 +235,7 @@ class AccumulateGradients(Exercise):
 @register
 class ScaledLR(Exercise):
     name = "scaled_lr"
+    decided_in_worker = True
     notebook = NOTEBOOK
     title = "Learning-rate scaling rules: linear and square root"
     points = {"correctness": 1.0}
