@@ -67,6 +67,22 @@ def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Run tiny CPU models on one thread: with several threads (and a busy machine) torch's per-op
+    thread hand-offs make a 30-k-parameter model 5–20× slower, and one thread is reproducible.
+    Does nothing on a GPU machine; restores the thread count."""
+    n = torch.get_num_threads()
+    if torch.cuda.is_available() or n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 # ----------------------------------------------------------------------------------------------
 # Cases, groups, verdicts
 # ----------------------------------------------------------------------------------------------

@@ -20,8 +20,8 @@ import math
 
 import torch
 
-from ..core import (Case, Exercise, Group, case_seeds, default_device, describe_exception, poisoned_allocations,
-                    register, speed_verdict)
+from ..core import (Case, Exercise, Group, case_seeds, default_device, describe_exception, one_thread,
+                    poisoned_allocations, register, speed_verdict)
 
 NOTEBOOK = "02_mixed_precision"
 
@@ -40,18 +40,6 @@ SPEED_PRESET, SPEED_BATCH = "gpu-real", 16
 
 
 
-
-class _OneThread:
-    """Run tiny CPU models on one thread: with several threads (and a busy machine) torch's per-op
-    thread hand-offs make a 30-k-parameter model 5–20× slower. Restores the thread count."""
-
-    def __enter__(self):
-        self.n = torch.get_num_threads()
-        if not torch.cuda.is_available():
-            torch.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.n)
 
 
 def _student_call(label: str, f, *a, **k):
@@ -217,7 +205,7 @@ class DynamicLossScalerExercise(Exercise):
         return out
 
     def run_case(self, fn, case):
-        with _OneThread():
+        with one_thread():
             return self._run_case(fn, case)
 
     def _run_case(self, fn, case):
@@ -344,7 +332,7 @@ class MixedPrecisionTrainerExercise(Exercise):
         return out
 
     def run_case(self, fn, case):
-        with _OneThread():
+        with one_thread():
             return self._run_case(fn, case)
 
     def _run_case(self, fn, case):
@@ -496,7 +484,7 @@ class BF16TrainStep(Exercise):
         ]
 
     def run_case(self, fn, case):
-        with _OneThread():
+        with one_thread():
             return self._run_case(fn, case)
 
     def _run_case(self, fn, case):

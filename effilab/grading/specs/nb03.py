@@ -17,7 +17,6 @@
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Callable
 
@@ -27,7 +26,7 @@ from ...memory import _is_parameter, _storage_key, _storage_nbytes
 from ...models.gpt import GPT, GPTConfig
 from ..compare import compare_tensors
 from ..core import (NOT_ON_CPU, Case, Exercise, Group, Verdict, case_seeds, default_device, describe_exception,
-                    register, speed_verdict)
+                    one_thread, register, speed_verdict)
 
 NOTEBOOK = "03_gradient_checkpointing"
 MEMORY_RATIO = 1 / 3  # peak activation memory with √L checkpointing / without, at L = 16
@@ -35,22 +34,6 @@ TIME_OVERHEAD = 0.40  # a checkpointed step may be at most 40 % slower (GPU)
 GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-7
 
 __all__ = ["one_thread", "peak_saved_bytes", "SavedTensorMeter", "reference_segments", "MEMORY_RATIO", "TIME_OVERHEAD"]
-
-
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Run the tiny CPU models on one thread: faster than two contended ones, and reproducible."""
-    n = torch.get_num_threads()
-    if torch.cuda.is_available() or n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 # ==============================================================================================

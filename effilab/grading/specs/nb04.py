@@ -19,8 +19,8 @@ from ...data import variable_length_batch
 from ...models.gpt import GPT, GPTConfig
 from ..compare import compare_tensors
 from ..core import (Case, Exercise, Group, Verdict, _clone, case_seeds, default_device, describe_exception,
-                    register)
-from .nb03 import one_thread, peak_saved_bytes
+                    one_thread, register)
+from .nb03 import peak_saved_bytes
 
 NOTEBOOK = "04_gradient_accumulation"
 GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-7
