@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 __all__ = [
+    "SavedTensorMeter",
+    "peak_saved_bytes",
     "MemoryResult",
     "peak_memory",
     "SavedTensor",
@@ -413,3 +415,71 @@ def plot_training_memory(breakdowns: dict[str, dict[str, float]], ax: "Axes | No
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside, right
     return ax
 
+
+# --------------------------------------------------------------------------------------------
+# Saved-tensor accounting over a whole training step (forward, backward and recomputation)
+# --------------------------------------------------------------------------------------------
+class _Packed:
+    __slots__ = ("t", "key", "meter", "__weakref__")
+
+    def __init__(self, t, key, meter):
+        self.t, self.key, self.meter = t, key, meter
+
+    def __del__(self):
+        self.meter._release(self.key)
+
+
+class SavedTensorMeter:
+    """Live bytes of the tensors autograd holds for backward, and their peak, over a whole step.
+
+    Every tensor an operation saves passes the pack hook: its storage is counted once while any
+    saved reference to it is alive; when autograd frees it (after the node's backward ran) the
+    count goes down. Recomputation inside a checkpoint's backward is counted too: its saved tensors
+    pass the same hooks. Parameters (and views of them) are not counted: they live anyway.
+    """
+
+    def __init__(self, model: torch.nn.Module | None = None):
+        self._params = {_storage_key(p) for p in model.parameters()} if model is not None else set()
+        self._live: dict = {}
+        self.current = 0
+        self.peak = 0
+
+    def pack(self, t: torch.Tensor):
+        if _is_parameter(t, self._params):
+            return t
+        key = _storage_key(t)
+        ent = self._live.get(key)
+        if ent is None:
+            ent = self._live[key] = [_storage_nbytes(t), 0]
+            self.current += ent[0]
+            self.peak = max(self.peak, self.current)
+        ent[1] += 1
+        return _Packed(t, key, self)
+
+    @staticmethod
+    def unpack(p):
+        return p.t if isinstance(p, _Packed) else p
+
+    def _release(self, key) -> None:
+        ent = self._live.get(key)
+        if ent is None:
+            return
+        ent[1] -= 1
+        if ent[1] == 0:
+            self.current -= ent[0]
+            del self._live[key]
+
+    def hooks(self):
+        return torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack)
+
+
+def peak_saved_bytes(step: Callable[[], object], model: torch.nn.Module | None = None) -> int:
+    """Peak bytes autograd keeps alive while ``step()`` runs (a forward and its backward).
+
+    The CPU stand-in for :func:`peak_memory`: it counts saved activations only (no
+    temporaries, no gradients), including the ones a checkpoint's recomputation saves in backward.
+    """
+    meter = SavedTensorMeter(model)
+    with meter.hooks():
+        step()
+    return meter.peak

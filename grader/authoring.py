@@ -13,7 +13,8 @@ only what was edited:
 
 Conventions the grader relies on: the first code cell has grade id ``setup_imports`` (imports only);
 a solution region sits inside a function body (the stub must not raise when the cell runs); a test
-cell ends with ``check(...).points``; hidden tests go between ``### BEGIN/END HIDDEN TESTS``.
+cell ends with ``check(...).points`` (no hidden-test block: the grade comes from the sandboxed run outside
+the notebook, on inputs drawn from the course secret).
 """
 from __future__ import annotations
 

@@ -65,7 +65,9 @@ def _targets(course: Course, assignment: str | None, student: str | None) -> lis
 
 
 def scores(course: Course, assignment: str | None = None) -> dict[tuple[str, str], dict]:
-    """{(assignment, student): {"score", "max_score", "cells": {grade_id: (score, max)}}} from the gradebook."""
+    """{(assignment, student): {"score", "max_score", "state", "cells": {grade_id: (score, max)}}} from the
+    gradebook. ``state`` is "graded" once every part was verified; until then "pending", and the
+    cells not yet verified have the score None ("not graded") — never a 0 nothing produced."""
     from nbgrader.api import MissingEntry
 
     out = {}
@@ -80,18 +82,27 @@ def scores(course: Course, assignment: str | None = None) -> dict[tuple[str, str
                 for nb in sub.notebooks:
                     for g in nb.grades:
                         cells[g.name] = (g.score, g.max_score)
-                out[(a, sub.student.id)] = {"score": sub.score, "max_score": sub.max_score, "cells": cells}
+                done = course.path("autograded", sub.student.id, a, GRADED_MARKER).exists()
+                state = "graded" if done and all(v[0] is not None for v in cells.values()) else "pending"
+                total = sum(v[0] for v in cells.values() if v[0] is not None) if state == "graded" else None
+                out[(a, sub.student.id)] = {"score": total, "max_score": sub.max_score, "state": state,
+                                            "cells": cells}
     return out
 
 
+GRADED_MARKER = ".effilab-graded"
+
+
 def autograde(course: Course, assignment=None, student=None, force=False, verify=True, workers=1,
-              log=print) -> int:
+              log=print, slot: int = 0) -> int:
     """nbgrader's autograde (the notebook's own check cells: the student's self-check), then the
     authoritative verification outside the notebook kernel (:mod:`grader.verify`), whose scores the
-    gradebook keeps. A submission counts as graded only once ``.effilab-graded`` is written, so a run
-    killed half-way is finished by the next one and nothing is graded twice."""
+    gradebook keeps. The in-kernel scores are cleared first: until a part is verified the gradebook
+    says "not graded". Each verified part is recorded at once, and a submission counts as graded
+    only once ``.effilab-graded`` is written, so a run killed half-way is finished by the next one
+    and no part is graded twice."""
     from .normalize import prepare_submission
-    from .verify import record, verify_notebook
+    from .verify import load_verdicts, record, save_verdict, verify_notebook
 
     targets = _targets(course, assignment, student)
     if not targets:
@@ -104,25 +115,69 @@ def autograde(course: Course, assignment=None, student=None, force=False, verify
     for a in sorted({a for a, _ in targets}):
         ensure_released(course, a, log)
     for a, s in targets:
-        marker = course.path("autograded", s, a, ".effilab-graded")
+        marker = course.path("autograded", s, a, GRADED_MARKER)
         if marker.exists() and not force:
             log(f"autograde: {s} / {a}: already graded (use regrade to grade again)")
             continue
-        log(f"autograde: {s} / {a} …")
-        prepare_submission(course, a, s, log)
-        result = api.autograde(a, s, force=True, create=True)
-        if not result["success"]:
-            failures += 1
-            why = (result.get("error") or "").strip().splitlines()[-1:] or ["see the log"]
-            log(f"autograde: {s} / {a}: FAILED — {why[0]}")
-            _write_report(course, f"autograde-{a}-{s}.log", result.get("log", "") + "\n" + (result.get("error") or ""))
-            continue
+        if force:
+            _forget_verdicts(course, a, s)
+        done = load_verdicts(course, a, s)
+        log(f"autograde: {s} / {a} …" + (f" ({len(done)} part(s) verified by an earlier run)" if done else ""))
+        if not done or not course.path("autograded", s, a).exists():
+            prepare_submission(course, a, s, log)
+            result = api.autograde(a, s, force=True, create=True)
+            if not result["success"]:
+                failures += 1
+                why = (result.get("error") or "").strip().splitlines()[-1:] or ["see the log"]
+                log(f"autograde: {s} / {a}: FAILED — {why[0]}")
+                _write_report(course, f"autograde-{a}-{s}.log", result.get("log", "") + "\n" + (result.get("error") or ""))
+                continue
+            if verify:
+                _clear_auto_scores(course, a, s)
         if verify:
-            results = verify_notebook(course, a, course.path("submitted", s, a, f"{a}.ipynb"), log=log)
+            def keep(r, a=a, s=s):
+                save_verdict(course, a, s, r)
+                _set_auto_score(course, a, s, r.grade_id, r.points)
+
+            results = verify_notebook(course, a, course.path("submitted", s, a, f"{a}.ipynb"), log=log, done=done,
+                                      on_result=keep, slot=slot)
             record(course, a, s, results)
         marker.write_text("graded\n")
     print_scores(course, assignment, log)
     return failures
+
+
+def _forget_verdicts(course: Course, assignment: str, student: str) -> None:
+    from .verify import verdict_path
+
+    p = verdict_path(course, assignment, student)
+    if p.exists():
+        p.unlink()
+
+
+def _clear_auto_scores(course: Course, assignment: str, student: str) -> None:
+    """The scores nbgrader took from the student's own kernel are the student's self-check (and the
+    student's code could forge them): none stands in the gradebook until verified."""
+    from nbgrader.api import MissingEntry
+
+    with course.gradebook() as gb:
+        try:
+            nb = gb.find_submission_notebook(assignment, assignment, student)
+        except MissingEntry:
+            return
+        for g in nb.grades:
+            g.auto_score = None
+        gb.db.commit()
+
+
+def _set_auto_score(course: Course, assignment: str, student: str, grade_id: str, points: float) -> None:
+    with course.gradebook() as gb:
+        try:
+            g = gb.find_grade(grade_id, assignment, assignment, student)
+        except Exception:
+            return
+        g.auto_score = points
+        gb.db.commit()
 
 
 def worker_count(workers: int, n_gpus: int) -> tuple[int, str | None]:
@@ -167,7 +222,7 @@ def _autograde_parallel(course: Course, targets, workers: int, force: bool, veri
         if n_gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(slot)
         cmd = [sys.executable, "-m", "grader", "--course", str(course.root), "--db", course.db_url, "autograde",
-               "-a", a, "-s", s] + (["--force"] if force else []) + ([] if verify else ["--no-verify"])
+               "-a", a, "-s", s, "--slot", str(slot)] + (["--force"] if force else []) + ([] if verify else ["--no-verify"])
         try:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         finally:
@@ -185,14 +240,19 @@ def _autograde_parallel(course: Course, targets, workers: int, force: bool, veri
     return sum(1 for c in codes if c)
 
 
+def _fmt_score(v) -> str:
+    return "not graded" if v is None else f"{v:g}"
+
+
 def print_scores(course: Course, assignment=None, log=print) -> None:
     table = scores(course, assignment)
     if not table:
         log("scores: the gradebook is empty")
         return
     for (a, s), row in sorted(table.items()):
-        cells = "  ".join(f"{k}={v[0]:g}/{v[1]:g}" for k, v in sorted(row["cells"].items()))
-        log(f"{a:20} {s:16} {row['score']:6.2f} / {row['max_score']:g}   {cells}")
+        cells = "  ".join(f"{k}={_fmt_score(v[0])}/{v[1]:g}" for k, v in sorted(row["cells"].items()))
+        total = f"{row['score']:6.2f}" if row["state"] == "graded" else "pending"
+        log(f"{a:20} {s:16} {total} / {row['max_score']:g}   {cells}")
 
 
 def _write_report(course: Course, name: str, text: str) -> None:
@@ -219,17 +279,18 @@ def feedback(course: Course, assignment=None, student=None, log=print) -> list[P
 
 
 def export(course: Course, csv_path: str, assignment=None, log=print) -> Path:
+    """One row per student and assignment: the state ("graded" or "pending"), the total (empty while
+    pending) and a column per graded cell ("not graded" where no verified score exists yet)."""
     table = scores(course, assignment)
     ids = sorted({gid for row in table.values() for gid in row["cells"]})
     path = Path(csv_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["student", "assignment", "score", "max_score"] + ids)
+        w.writerow(["student", "assignment", "state", "score", "max_score"] + ids)
         for (a, s), row in sorted(table.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-            w.writerow([s, a, f"{row['score']:g}", f"{row['max_score']:g}"]
-                       + [f"{row['cells'][g][0]:g}" if g in row["cells"] and row["cells"][g][0] is not None else ""
-                          for g in ids])
+            w.writerow([s, a, row["state"], "" if row["score"] is None else f"{row['score']:g}", f"{row['max_score']:g}"]
+                       + [_fmt_score(row["cells"][g][0]) if g in row["cells"] else "" for g in ids])
     log(f"export: {len(table)} rows → {path}")
     return path
 
@@ -243,7 +304,7 @@ def regrade(course: Course, assignment=None, student=None, log=print) -> dict:
         b, a_ = before.get(key), after.get(key)
         if student and key[1] != student:
             continue
-        if b is None or a_ is None or abs((b["score"] or 0) - (a_["score"] or 0)) > 1e-9:
+        if b is None or a_ is None or b["score"] != a_["score"] or b["cells"] != a_["cells"]:
             cells = []
             for gid in sorted(set((b or {}).get("cells", {})) | set((a_ or {}).get("cells", {}))):
                 x = (b or {}).get("cells", {}).get(gid, (None, None))[0]
@@ -280,6 +341,7 @@ def main(argv=None) -> int:
                            help="grade N submissions at once, each on its own GPU when there are GPUs")
             q.add_argument("--no-verify", action="store_true",
                            help="keep the in-notebook scores (skips the authoritative out-of-kernel run)")
+            q.add_argument("--slot", type=int, default=0, help=argparse.SUPPRESS)  # set by --workers: the sandbox uid
     e = sub.add_parser("export")
     e.add_argument("--csv", required=True)
     e.add_argument("-a", "--assignment")
@@ -301,7 +363,7 @@ def main(argv=None) -> int:
         return 0 if any(o.ok for o in outcomes) or not outcomes else 1
     elif args.cmd == "autograde":
         return 1 if autograde(course, args.assignment, args.student, force=args.force, verify=not args.no_verify,
-                                 workers=args.workers) else 0
+                                 workers=args.workers, slot=args.slot) else 0
     elif args.cmd == "feedback":
         feedback(course, args.assignment, args.student)
     elif args.cmd == "export":

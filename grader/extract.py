@@ -19,8 +19,11 @@ from dataclasses import dataclass
 
 import nbformat
 
-ALWAYS_FORBIDDEN = ("effilab.ops.rmsnorm", "effilab.ops.swiglu", "effilab.ops.cross_entropy",
-                    "effilab.ops.flash_attention", "grader", "effilab.grading")
+from effilab.grading.instructor import instructor_modules
+
+# Never in graded code: the instructor-only modules (derived from their marker), the grader and the
+# checker itself.
+ALWAYS_FORBIDDEN = instructor_modules() + ("grader", "effilab.grading")
 
 
 @dataclass

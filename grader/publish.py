@@ -22,22 +22,13 @@ from pathlib import Path
 
 import nbformat
 
+from effilab.grading.instructor import MARKER, is_instructor_only  # noqa: F401  (the one marker rule)
+
 from .course import Course
 
-MARKER = "# effilab: instructor-only"
 SOLUTION = re.compile(r"^[ \t]*### BEGIN SOLUTION.*?^[ \t]*### END SOLUTION", re.S | re.M)
 HIDDEN = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS.*?^[ \t]*### END HIDDEN TESTS", re.S | re.M)
 STUDENT_FILES = Path(__file__).resolve().parent / "student"
-
-
-def is_instructor_only(path: Path) -> bool:
-    if path.suffix != ".py":
-        return False
-    try:
-        head = path.read_text(encoding="utf-8", errors="replace").splitlines()[:5]
-    except OSError:
-        return False
-    return any(line.strip() == MARKER for line in head)
 
 
 GENERIC = re.compile(r"^(with torch\.no_grad\(\):|with torch\.enable_grad\(\):|[\w.]+\.backward\(\)|"

@@ -105,17 +105,19 @@ class Integrity:
         import torch
 
         import effilab.bench as bench
+        import effilab.grading.calls as calls
         import effilab.grading.compare as compare
         import effilab.grading.core as core
+        import effilab.grading.measure as measure
+        import effilab.grading.wire as wire
 
         self.items: list[tuple[object, str, object]] = []
         watch = [(time, ["perf_counter", "perf_counter_ns", "time", "monotonic", "sleep"]),
                  (builtins, ["isinstance", "len", "float", "range", "print", "open", "__import__"]),
                  (torch, ["empty", "empty_like", "equal", "isnan", "where", "randn", "randint", "manual_seed"]),
                  (torch.Tensor, ["clone", "cpu", "to", "view", "__eq__", "__ne__", "equal", "item", "sum", "any", "all"]),
-                 (core, [n for n in dir(core) if not n.startswith("__")]),
-                 (compare, [n for n in dir(compare) if not n.startswith("__")]),
-                 (bench, [n for n in dir(bench) if not n.startswith("__")])]
+                 *[(m, [n for n in dir(m) if not n.startswith("__")]) for m in (core, calls, compare, measure, wire,
+                                                                                 bench)]]
         watch.append((torch.cuda, ["Event", "synchronize", "Stream", "current_stream", "max_memory_allocated",
                                    "reset_peak_memory_stats", "memory_allocated", "empty_cache", "is_available"]))
         for owner, names in watch:
@@ -125,7 +127,7 @@ class Integrity:
                 if obj is not None and (callable(obj) or isinstance(obj, type)):
                     self.items.append((owner, n, obj))
         for name, ex in core.REGISTRY.items():
-            for n in ("run_case", "check_correctness", "compare", "groups", "speed", "memory"):
+            for n in ("cases", "run", "expect", "judge", "speed_part", "memory_part"):
                 if hasattr(type(ex), n):
                     self.items.append((type(ex), n, getattr(type(ex), n)))
 

@@ -1,33 +1,38 @@
 """Authoritative grading outside the student's notebook kernel.
 
-nbgrader runs the check cells inside the student's own kernel, where the student's code could have
-patched the checker, the timer or IPython's traceback display. Those cells stay as the student's
-self-check; the score recorded in the gradebook comes from here:
+nbgrader runs the check cells inside the student's own kernel, where the student's code can patch
+the checker; those cells are the student's self-check. The score the gradebook keeps comes from here:
 
-* the graded cells of the *source* notebook say which exercise and part each grade id checks
-  (``check("name", fn, "part")``);
-* for each part, :mod:`grader.extract` takes the student's code for that exercise (and what it
-  uses), static checks reject forbidden imports and calls, and :mod:`grader.worker` runs it in a
-  fresh process, one per exercise part, with its own time limits (start-up and the first call,
-  where kernels compile, have a budget of their own) — a crash, an exit, an out-of-memory or an
-  endless loop costs that part only, and the groups whose cases finished before it keep their
-  points;
-* correctness inputs come from a per-course secret seed (``grader/course/secret_seed``) that never
-  reaches the worker; the parent compares the returned outputs with its own expected values;
-* the verdicts are written to ``grader/course/verdicts/<student>/<assignment>.json`` (timings
-  included), into the gradebook, and into the autograded notebook, so feedback shows them.
+1. **plan** (the grader's process): the source notebook's graded cells say which exercise and part
+   each grade id checks; :mod:`grader.extract` takes the student's code for each exercise and
+   checks it statically; the hidden cases are generated from the course secret, through a keyed
+   hash per exercise (:mod:`effilab.grading.keys`) — the secret itself never leaves this process.
+2. **run** (the sandbox): one jail per submission (grader/jail.py: its own filesystem view, no
+   network, its own pid namespace, an unprivileged uid, limits) holds the zygote (grader/zygote.py),
+   which imports torch, Triton and effilab once and forks a clean child per part. A child runs the
+   student's code on the cases and streams back outputs and measurements as plain data.
+3. **judge** (the grader's process again, after the jail is gone, so nothing competes with the
+   student's timed calls for the GPU): every output is judged against expected values computed here
+   — they never exist in the sandbox — and scored by :func:`effilab.grading.core.score`; speed and
+   memory parts are decided by :mod:`effilab.grading.measure` against baselines measured here, where
+   student code never ran (cached for :data:`ANCHOR_TTL` seconds across the submissions of a run).
+
+A crash, an exit, a time limit or a killed jail costs the parts it touched: the groups finished
+before it keep their points, and the parts after it run in a new jail. Each part's verdict is
+written to ``course/verdicts/<student>/<assignment>.json`` as soon as it is known, so a run killed
+half-way is completed — each part exactly once — by the next run.
 """
 from __future__ import annotations
 
 import ast
+import hashlib
+import hmac
 import json
 import os
 import secrets
-import signal
 import struct
-import subprocess
-import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +44,11 @@ from .extract import cells_for, names_defined, setup_source, solution_cells, sta
 from .normalize import grader_notes
 
 MAX_REPORT = 6000  # characters of a verdict's report kept (huge outputs are truncated)
+COMPILE_BUDGET = 300.0  # seconds for start-up and the first call (Triton / torch.compile compile there)
+ANCHOR_TTL = 600.0  # a baseline measured this long ago is measured again (GPU clocks drift)
+RELAY = struct.Struct("<IBQ")
+CASE, RESULT, NOTE, END = 1, 2, 3, 4
+UNSANDBOXED = "EFFILAB_UNSANDBOXED"  # "1": run student code without the jail (development only; never to grade)
 
 
 @dataclass
@@ -53,6 +63,23 @@ class PartResult:
     seconds: float = 0.0
 
 
+@dataclass
+class Plan:
+    """One graded part of one submission, as the grader's process prepared it."""
+
+    index: int
+    grade_id: str
+    ex: object
+    part: str
+    points: float
+    code: list
+    key: object  # the exercise's hidden Key (derived from the course secret)
+    groups: list = field(default_factory=list)  # correctness: the hidden cases
+
+
+# ----------------------------------------------------------------------------------------------
+# The plan
+# ----------------------------------------------------------------------------------------------
 def grade_map(source_nb) -> dict[str, tuple[str, str, float]]:
     """{grade_id: (exercise, part, points)} from the ``check(...)`` calls of the source's graded cells."""
     out = {}
@@ -78,236 +105,464 @@ def grade_map(source_nb) -> dict[str, tuple[str, str, float]]:
     return out
 
 
-def course_secret(course: Course) -> int:
+def course_secret(course: Course) -> bytes:
+    """The course's secret (created on first use, readable by the grader's user only)."""
     p = course.path("secret_seed")
     if not p.exists():
         p.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(str(p), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(str(secrets.randbelow(2**31)))
-    return int(p.read_text().strip())
+            fh.write(secrets.token_hex(32))
+    return p.read_text().strip().encode()
 
 
-COMPILE_BUDGET = 300.0  # seconds for start-up and the first call (Triton / torch.compile compile there)
+def exercise_key(secret: bytes, assignment: str, exercise: str):
+    """The hidden Key of one exercise: a keyed hash of the course secret, so that the sandbox of a
+    speed or memory part, which gets this key, learns nothing about the secret or other exercises."""
+    from effilab.grading.keys import Key
+
+    sub = hmac.new(secret, f"{assignment}/{exercise}".encode(), hashlib.sha256).hexdigest()
+    return Key.hidden(sub, exercise)
 
 
-def _frames(data: bytes) -> tuple[list[dict], bool]:
-    """Decode the worker's length-prefixed frames; (frames, clean) where ``clean`` is False when bytes
-    are left over or a frame does not decode (something other than the worker wrote to the channel)."""
-    import io
-
-    import torch
-
-    out, pos = [], 0
-    while pos + 8 <= len(data):
-        (n,) = struct.unpack("<Q", data[pos:pos + 8])
-        if pos + 8 + n > len(data):
-            return out, False
-        try:
-            out.append(torch.load(io.BytesIO(data[pos + 8:pos + 8 + n]), weights_only=True))
-        except Exception:
-            return out, False
-        pos += 8 + n
-    return out, pos == len(data)
+def _header(ex, part: str, pts: float, why: str) -> str:
+    return f"{ex} [{part}]: 0 / {pts:g} points — {why}"
 
 
-def _run_worker(job: dict, timeout: float, env: dict | None = None,
-                compile_budget: float = COMPILE_BUDGET) -> tuple[dict | None, str]:
-    """Run one job in a fresh worker process; (result or None, what went wrong / worker output).
-
-    The worker sends a frame per finished correctness case, then a final frame. Time limits: the
-    start-up and the first case (where kernels compile) may take up to ``compile_budget`` seconds;
-    from the end of the first case — or, for speed and memory parts, from the end of that budget —
-    the rest has ``timeout`` seconds. A worker stopped at a limit still returns the cases it
-    finished, so the groups graded before the limit keep their points.
-    """
-    import torch
-
-    with tempfile.TemporaryDirectory(prefix="effilab-job-") as jobdir:
-        torch.save(job, os.path.join(jobdir, "job.pt"))
-        r, w = os.pipe()
-        cmd = [sys.executable, "-m", "grader.worker", jobdir, str(w)]
-        worker_env = dict(os.environ if env is None else env)
-        worker_env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1])]
-                                                  + [p for p in worker_env.get("PYTHONPATH", "").split(os.pathsep) if p])
-        t0 = time.time()
-        proc = subprocess.Popen(cmd, pass_fds=(w,), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=worker_env, start_new_session=True)
-        os.close(w)
-        chunks, logs = [], []
-        first_frame_at = []
-        import threading
-
-        def reader():
-            with os.fdopen(r, "rb") as fh:
-                while True:
-                    b = fh.read1(1 << 20)
-                    if not b:
-                        break
-                    chunks.append(b)
-                    if not first_frame_at and len(_frames(b"".join(chunks))[0]) >= 1:
-                        first_frame_at.append(time.time())
-                    if sum(map(len, chunks)) > (1 << 30):  # a runaway writer
-                        break
-
-        def log_reader():
-            logs.append(proc.stdout.read())
-
-        th, lt = threading.Thread(target=reader, daemon=True), threading.Thread(target=log_reader, daemon=True)
-        th.start()
-        lt.start()
-        timed_out = False
-        while proc.poll() is None:
-            start_run = min(first_frame_at[0], t0 + compile_budget) if first_frame_at else t0 + compile_budget
-            if time.time() > start_run + timeout:
-                os.killpg(proc.pid, signal.SIGKILL)
-                timed_out = True
-                break
-            time.sleep(0.05)
-        proc.wait()
-        th.join(30)
-        lt.join(30)
-        text = (logs[0] if logs else b"").decode("utf-8", "replace")[-3000:]
-        frames, clean = _frames(b"".join(chunks))
-        cases = [f for f in frames if f.get("kind") == "case"]
-        final = [f for f in frames if f.get("kind") != "case"]
-        order = [(f.get("group"), f.get("case")) for f in cases]
-        in_order = order == sorted(set(order), key=lambda k: (k[0] or 0, k[1] or 0))  # the worker's order, once each
-        if (not clean and not timed_out) or len(final) > 1 or not in_order:
-            return None, "the result channel was written to by something other than the grader: tampering"
-        if timed_out or not final:
-            if timed_out:
-                why = (f"time limit: your code ran longer than {timeout:.0f} s (after up to {compile_budget:.0f} s "
-                       "for start-up and compiling) and was stopped")
-            else:
-                why = f"the grading process ended without a result (exit code {proc.returncode})"
-                if proc.returncode and proc.returncode < 0:
-                    why += f", killed by signal {-proc.returncode}"
-                why += ": did your code exit, crash the interpreter or run out of memory?" + (
-                    "\nlast output of the grading process:\n" + text[-1500:] if text.strip() else "")
-            if cases:  # what finished before the stop was checked already: those groups keep their points
-                return {"cases": cases, "notes": [why, "the cases that finished before this were graded"],
-                        "error": None, "_seconds": time.time() - t0}, text
-            return None, why
-        res = final[0]
-        res["cases"] = cases + list(res.get("cases", []))
-        res["_seconds"] = time.time() - t0
-        return res, text
-
-
-def verify_part(course: Course, ex, part: str, code: list[tuple[str, str]], seed: int, timeout: float,
-                env: dict | None = None, compile_budget: float = COMPILE_BUDGET) -> tuple[float, str, dict]:
-    """(points, report, details) of one exercise part."""
-    import torch
-
-    from effilab.grading.core import GroupResult, Verdict
-
-    max_pts = float(ex.points.get(part, 0.0))
-    deny = [str(course.root), str(course.solutions), str(course.repo / "grader"), str(course.repo / "tests")]
-    job = {"exercise": ex.name, "part": part, "code": code, "seed": seed, "deny_read": deny}
-    groups = []
-    if part == "correctness":
-        groups = ex.groups("hidden", seed)
-        job["cases"] = [(gi, ci, _case_cpu(c)) for gi, g in enumerate(groups) for ci, c in enumerate(g.cases)]
-    res, log = _run_worker(job, timeout, env, compile_budget)
-    if res is None:
-        return 0.0, f"{ex.name} [{part}]: 0 / {max_pts:g} points — {log}", {}
-    if res.get("error"):
-        return 0.0, f"{ex.name} [{part}]: 0 / {max_pts:g} points — {res['error']}", {}
-    notes = list(res.get("notes", []))
-    if part != "correctness":
-        v = res["verdict"]
-        rep = Verdict(ex.name, part, float(v["points"]), float(v["max_points"]), notes=notes + list(v["notes"]),
-                      suite="grader")
-        return rep.points, rep.report(), dict(v.get("details", {}), seconds=res["_seconds"])
-    by = {(e["group"], e["case"]): e for e in res["cases"]}
-    results = []
-    for gi, g in enumerate(groups):
-        message = ""
-        for ci, case in enumerate(g.cases):
-            e = by.get((gi, ci))
-            if e is None:
-                message = f"{case.label}: not run (the grading process stopped early)"
-            elif e.get("problem"):
-                message = e["problem"]
-            elif "output" in e:
-                try:
-                    problem = ex.compare(e["output"], _case_cpu(case))
-                except Exception as exc:
-                    problem = f"could not compare your output ({type(exc).__name__}: {exc})"
-                message = f"{case.label}: {problem}" if problem else ""
-            elif not (e.get("compared_in_worker") and ex.decided_in_worker):
-                message = f"{case.label}: no output came back from the grading process for this case: tampering?"
-            if message:
-                break
-        hint = g.hint
-        if "\nhint: " in message:
-            message, hint = message.split("\nhint: ", 1)
-        results.append(GroupResult(g.name, not message, len(g.cases), message[:2000], hint if message else ""))
-    pts = round(max_pts * sum(r.passed for r in results) / max(1, len(results)), 2)
-    v = Verdict(ex.name, "correctness", pts, max_pts, results, notes=notes, suite="grader")
-    del torch
-    return pts, v.report(), {"seconds": res["_seconds"]}
-
-
-def _case_cpu(case):
-    from copy import copy
-
-    from .worker import _to_cpu
-
-    c = copy(case)
-    c.args, c.kwargs = _to_cpu(case.args), _to_cpu(case.kwargs)
-    return c
-
-
-def verify_notebook(course: Course, assignment: str, nb_path: Path, timeout: float = 900.0,
-                    env: dict | None = None, log=print, only: set | None = None,
-                    compile_budget: float = COMPILE_BUDGET) -> list[PartResult]:
-    """Grade every graded cell of a submitted notebook authoritatively."""
+def plan(course: Course, assignment: str, sub, only: set | None = None) -> tuple[list[Plan], list[PartResult]]:
+    """The parts to run, and the results already decided (no code, forbidden code)."""
     from effilab.grading import get
 
     source = nbformat.read(str(course.solutions / f"{assignment}.ipynb"), as_version=4)
-    try:
-        sub = nbformat.read(str(nb_path), as_version=4)
-    except Exception as e:
-        return [PartResult(gid, name, part, 0.0, pts, f"the notebook could not be read: {e}")
-                for gid, (name, part, pts) in grade_map(source).items()]
     cells = solution_cells(sub)
     setup = setup_source(source)
     provided = names_defined(setup)
-    seed = course_secret(course)
-    out = []
+    secret = course_secret(course)
+    plans, decided = [], []
     for gid, (name, part, pts) in grade_map(source).items():
         if only is not None and gid not in only:
             continue
         ex = get(name)
         chosen = cells_for(name, cells, provided)
-        t0 = time.time()
         if not chosen:
-            out.append(PartResult(gid, name, part, 0.0, pts, f"{name} [{part}]: 0 / {pts:g} points — no solution "
-                                  f"cell defines `{name}` (was the cell deleted, or the function renamed?)"))
+            decided.append(PartResult(gid, name, part, 0.0, pts, _header(name, part, pts, f"no solution cell defines "
+                                      f"`{name}` (was the cell deleted, or the function renamed?)")))
             continue
-        problems = static_problems("\n\n".join(c.source for c in chosen), tuple(getattr(ex, "forbidden", ())),
-                                   tuple(getattr(ex, "forbidden_source", ())))
+        problems = static_problems("\n\n".join(c.source for c in chosen), tuple(ex.forbidden), tuple(ex.forbidden_source))
         if problems:
-            out.append(PartResult(gid, name, part, 0.0, pts, f"{name} [{part}]: 0 / {pts:g} points — not allowed in "
-                                  "this exercise:\n  " + "\n  ".join(problems)))
+            decided.append(PartResult(gid, name, part, 0.0, pts, _header(name, part, pts, "not allowed in this "
+                                      "exercise:\n  " + "\n  ".join(problems))))
             continue
         code = [("setup cell", setup)] + [(f"your cell {c.grade_id}", c.source) for c in chosen]
-        points, report, details = verify_part(course, ex, part, code, seed, timeout, env, compile_budget)
-        points = min(points, pts)
-        out.append(PartResult(gid, name, part, points, pts, report[:MAX_REPORT], details, time.time() - t0))
-        log(f"verify: {nb_path.parent.parent.name} / {assignment} / {gid}: {points:g} / {pts:g} ({time.time() - t0:.1f} s)")
-    return out
+        key = exercise_key(secret, assignment, name)
+        p = Plan(len(plans), gid, ex, part, pts, code, key)
+        if part == "correctness":
+            p.groups = ex.cases("hidden", key)
+        if _decided_here(p):
+            decided.append(_cpu_verdict(p))
+            continue
+        plans.append(p)
+    return plans, decided
+
+
+def _decided_here(p: Plan) -> bool:
+    """Parts that need a GPU, on a machine without one: nothing to run."""
+    import torch
+
+    if torch.cuda.is_available() or p.part == "correctness":
+        return False
+    if p.part == "speed":
+        return True
+    return p.ex.memory_part(p.key).use_cuda()
+
+
+def _cpu_verdict(p: Plan) -> PartResult:
+    from effilab.grading import measure
+
+    if p.part == "speed":
+        v = measure.decide_speed(p.ex, p.ex.speed_part(p.key), {}, {}, "grader")
+    else:
+        v = measure.decide_memory(p.ex, p.ex.memory_part(p.key), {}, {}, "grader")
+    return PartResult(p.grade_id, p.ex.name, p.part, 0.0, p.points, v.report()[:MAX_REPORT], v.details)
+
+
+# ----------------------------------------------------------------------------------------------
+# The run: one jail, the zygote, frames back
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class PartRun:
+    frames: list = field(default_factory=list)  # (kind, payload bytes)
+    end: dict | None = None  # how the part ended (the zygote's END frame); None: the jail stopped first
+
+
+def _job(plans: list[Plan], order: list[int], scratch: str, timeout: float, compile_budget: float, deny: list) -> dict:
+    from copy import copy
+
+    parts = {}
+    for p in plans:
+        entry = {"exercise": p.ex.name, "part": p.part, "code": p.code, "timeout": timeout,
+                 "compile_budget": compile_budget, "deny_read": deny}
+        if p.part == "correctness":
+            entry["cases"] = [(gi, ci, _case_cpu(copy(c))) for gi, g in enumerate(p.groups)
+                              for ci, c in enumerate(g.cases)]
+        else:
+            entry["subkey"] = p.key._secret.decode()
+        parts[p.index] = entry
+    return {"parts": parts, "order": order, "scratch": scratch}
+
+
+def _case_cpu(case):
+    """A case with its tensors on the CPU (the sandbox moves them to its own device)."""
+    case.args, case.kwargs = _to_device(case.args, "cpu"), _to_device(case.kwargs, "cpu")
+    return case
+
+
+def _reader(fd: int, runs: dict[int, PartRun], on_end) -> threading.Thread:
+    def loop():
+        with os.fdopen(fd, "rb") as fh:
+            while True:
+                head = fh.read(RELAY.size)
+                if len(head) < RELAY.size:
+                    return
+                index, kind, n = RELAY.unpack(head)
+                payload = fh.read(n)
+                if len(payload) < n or index not in runs:
+                    return
+                if kind == END:
+                    from effilab.grading import wire
+
+                    try:
+                        runs[index].end = wire.loads(payload)
+                    except Exception:
+                        runs[index].end = {"status": "garbage"}
+                    on_end(index)
+                else:
+                    runs[index].frames.append((kind, payload))
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    return t
+
+
+_ZYGOTE_LOG: list[str] = [""]  # the last zygote's own error output (grader bugs, not student output)
+
+
+def _launch(course: Course, jobfile: str, workdir: Path, scratch: Path, w: int, slot: int, log):
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-P", "-s", "-m", "grader.zygote", jobfile, str(w)]
+    if os.environ.get(UNSANDBOXED) == "1":
+        env = dict(os.environ, EFFILAB_JAILED="0", PYTHONPATH=str(course.repo), HOME=str(scratch),
+                   TMPDIR=str(scratch))
+        return subprocess.Popen(argv, pass_fds=(w,), stdout=log, stderr=log,
+                                stdin=subprocess.DEVNULL, env=env, cwd=str(scratch), start_new_session=True)
+    from . import jail
+
+    ok, why = jail.available()
+    if not ok:
+        raise SystemExit(f"error: the grading sandbox is not available: {why}")
+    j = jail.Jail(writable=[scratch], readonly=[workdir / "job"], hidden=[course.root, course.solutions],
+                  env={"EFFILAB_JAILED": "1", "PYTORCH_NVML_BASED_CUDA_CHECK": "1"}, slot=slot,
+                  memory_bytes=_memory_limit(), repo=course.repo)
+    return j.popen(argv, pass_fds=(w,), stdout=log, stderr=log,
+                   stdin=subprocess.DEVNULL)
+
+
+def _memory_limit() -> int:
+    """The jail's resident-memory limit: 3/4 of this machine's memory, at most 64 GiB."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        total = 16 << 30
+    return int(min(64 << 30, 0.75 * total))
+
+
+def _kill(proc) -> None:
+    import signal
+
+    try:
+        proc.kill()
+    except Exception:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except Exception:
+            pass
+    try:
+        proc.wait(30)
+    except Exception:
+        pass
+
+
+def run_jail(course: Course, plans: list[Plan], order: list[int], timeout: float, compile_budget: float,
+             slot: int = 0, on_end=lambda i: None) -> dict[int, PartRun]:
+    """Run the parts ``order`` (indices into ``plans``) in one jail; what came back for each."""
+    import torch
+
+    runs = {i: PartRun() for i in order}
+    deadline = time.monotonic() + len(order) * (timeout + compile_budget) + 60
+    with tempfile.TemporaryDirectory(prefix="effilab-grade-") as tmp:
+        workdir = Path(tmp)
+        (workdir / "job").mkdir()
+        scratch = workdir / "scratch"
+        scratch.mkdir()
+        deny = [str(course.root), str(course.solutions), str(course.repo / "tests")]
+        jobfile = workdir / "job" / "job.pt"
+        torch.save(_job(plans, order, str(scratch), timeout, compile_budget, deny), str(jobfile))
+        os.chmod(workdir / "job", 0o755)
+        os.chmod(jobfile, 0o644)
+        os.chmod(workdir, 0o755)
+        r, w = os.pipe()
+        zlog = open(workdir / "zygote.log", "wb")
+        try:
+            proc = _launch(course, str(jobfile), workdir, scratch, w, slot, zlog)
+        finally:
+            os.close(w)
+            zlog.close()
+        reader = _reader(r, runs, on_end)
+        while reader.is_alive() and time.monotonic() < deadline:
+            reader.join(0.25)
+        if reader.is_alive():
+            _kill(proc)
+            reader.join(30)
+        _kill(proc)
+        _ZYGOTE_LOG[:] = [(workdir / "zygote.log").read_bytes()[-4000:].decode("utf-8", "replace")]
+        why = getattr(proc, "limit_hit", None)
+        if why:
+            for run in runs.values():
+                if run.end is None:
+                    run.end = {"status": "memory", "why": why}
+    return runs
+
+
+# ----------------------------------------------------------------------------------------------
+# Judging (the grader's process)
+# ----------------------------------------------------------------------------------------------
+def _ended(end: dict | None, timeout: float, compile_budget: float) -> str:
+    """What to tell the student about how a part's run ended, or '' when it ended normally."""
+    if end is None:
+        return ("the grading sandbox stopped before this part finished (did your code kill the grading process "
+                "or exhaust the machine?)")
+    st = end.get("status")
+    if st == "time":
+        return (f"time limit: your code ran longer than {timeout:.0f} s (after up to {compile_budget:.0f} s for "
+                "start-up and compiling) and was stopped")
+    if st == "memory":
+        return f"memory limit: {end.get('why', 'your code used too much memory')} — the run was stopped"
+    if st == "garbage":
+        return "the result channel was written to by something other than the grader: tampering"
+    code = end.get("exit")
+    if code not in (0, None):
+        why = f"the grading process ended with exit code {code}" + (f" (killed by signal {-code})" if code < 0 else "")
+        log = (end.get("log") or "").strip()
+        return why + ": did your code exit, crash the interpreter or run out of memory?" + (
+            f"\nlast output of the grading process:\n{log[-1500:]}" if log else "")
+    return ""
+
+
+def _decode(payload: bytes):
+    from effilab.grading import wire
+    from effilab.grading.calls import Problem
+
+    try:
+        return wire.loads(payload)
+    except Exception as exc:
+        return Problem(f"your output could not be read by the grader ({type(exc).__name__})")
+
+
+def _to_device(obj, dev):
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.to(dev)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(o, dev) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, dev) for k, v in obj.items()}
+    return obj
+
+
+def _notes(run: PartRun) -> tuple[list[str], str]:
+    notes, error = [], ""
+    for kind, payload in run.frames:
+        if kind != NOTE:
+            continue
+        n = _decode(payload)
+        if isinstance(n, dict):
+            error = error or str(n.get("error") or "")
+            notes += [str(x)[:500] for x in (n.get("notes") or [])[:10] if isinstance(x, str)]
+    return notes, error
+
+
+def judge(p: Plan, run: PartRun, timeout: float, compile_budget: float) -> PartResult:
+    """The verdict of one part from what its run sent back."""
+    from effilab.grading import measure
+    from effilab.grading.calls import Problem
+    from effilab.grading.core import CaseResult, Verdict, default_device, judge_case, score
+
+    notes, error = _notes(run)
+    stopped = _ended(run.end, timeout, compile_budget)
+    seconds = float((run.end or {}).get("seconds", 0.0))
+    if error:
+        return PartResult(p.grade_id, p.ex.name, p.part, 0.0, p.points, _header(p.ex.name, p.part, p.points, error),
+                          seconds=seconds)
+    dev = default_device()
+    if p.part == "correctness":
+        results: dict = {}
+        for kind, payload in run.frames:
+            if kind != CASE:
+                continue
+            f = _decode(payload)
+            if not isinstance(f, dict) or not isinstance(f.get("group"), int) or not isinstance(f.get("case"), int):
+                continue
+            gi, ci = f["group"], f["case"]
+            if (gi, ci) in results or not (0 <= gi < len(p.groups)) or not (0 <= ci < len(p.groups[gi].cases)):
+                continue  # the first output of a case counts; an index that is no case is ignored
+            case = p.groups[gi].cases[ci]
+            out = _to_device(f.get("output"), dev)
+            try:
+                results[(gi, ci)] = judge_case(p.ex, out, case, None if isinstance(out, Problem) else p.ex.expect(case))
+            except Exception as exc:  # the judge's own failure on a malformed output
+                results[(gi, ci)] = CaseResult(False, f"{case.label}: could not compare your output ({exc})"[:500])
+        if stopped:
+            notes.insert(0, stopped + (" — the cases that finished before this were graded" if results else ""))
+        v = score(p.ex, p.groups, results, suite="grader", notes=notes, stopped="the grading process stopped early")
+    else:
+        res = next((_decode(pl) for kind, pl in run.frames if kind == RESULT), None)
+        if res is None or not isinstance(res, dict) or "error" in res:
+            why = (res or {}).get("error") if isinstance(res, dict) else None
+            return PartResult(p.grade_id, p.ex.name, p.part, 0.0, p.points,
+                              _header(p.ex.name, p.part, p.points, str(why or stopped or "no measurement came back")),
+                              seconds=seconds)
+        res = _to_device(res, dev)
+        base = anchor(p)
+        if p.part == "speed":
+            v = measure.decide_speed(p.ex, p.ex.speed_part(p.key), res, base, "grader")
+        else:
+            v = measure.decide_memory(p.ex, p.ex.memory_part(p.key), res, base, "grader")
+        v.notes = notes + v.notes
+    if not isinstance(v, Verdict):
+        raise TypeError(v)
+    return PartResult(p.grade_id, p.ex.name, p.part, min(v.points, p.points), p.points, v.report()[:MAX_REPORT],
+                      {k: x for k, x in v.details.items() if isinstance(x, (int, float, str))}, seconds)
+
+
+_ANCHORS: dict = {}
+
+
+def anchor(p: Plan) -> dict:
+    """The baseline of a speed or memory part, measured in this process (never where student code
+    ran) and kept for :data:`ANCHOR_TTL` seconds."""
+    from effilab.grading import measure
+
+    k = (p.ex.name, p.part, p.key.derive(p.part))
+    hit = _ANCHORS.get(k)
+    if hit and time.monotonic() - hit[0] < ANCHOR_TTL:
+        return hit[1]
+    if p.part == "speed":
+        base = measure.baseline_speed(p.ex.speed_part(p.key))
+    else:
+        base = measure.baseline_memory(p.ex.memory_part(p.key))
+    _ANCHORS[k] = (time.monotonic(), base)
+    return base
+
+
+def _prime_anchors(plans: list[Plan]) -> None:
+    """Measure the baselines before the jail starts: nothing else runs on the GPU then."""
+    for p in plans:
+        if p.part in ("speed", "memory"):
+            anchor(p)
+
+
+# ----------------------------------------------------------------------------------------------
+# A whole notebook
+# ----------------------------------------------------------------------------------------------
+def verify_notebook(course: Course, assignment: str, nb_path: Path, timeout: float = 900.0,
+                    log=print, only: set | None = None, compile_budget: float = COMPILE_BUDGET,
+                    done: dict | None = None, slot: int = 0, on_result=None) -> list[PartResult]:
+    """Grade every graded cell of a submitted notebook authoritatively.
+
+    ``done``: results already recorded ({grade_id: PartResult}), kept and not run again.
+    ``on_result(result)`` is called as each part is decided (the caller persists it)."""
+    done = dict(done or {})
+    on_result = on_result or (lambda r: None)
+    try:
+        sub = nbformat.read(str(nb_path), as_version=4)
+    except Exception as e:
+        source = nbformat.read(str(course.solutions / f"{assignment}.ipynb"), as_version=4)
+        return [PartResult(gid, name, part, 0.0, pts, f"the notebook could not be read: {str(e)[:300]}")
+                for gid, (name, part, pts) in grade_map(source).items() if only is None or gid in only]
+    plans, decided = plan(course, assignment, sub, only)
+    out = {r.grade_id: r for r in decided if r.grade_id not in done}
+    for r in out.values():
+        on_result(r)
+    plans = [p for p in plans if p.grade_id not in done]
+    by = {p.index: p for p in plans}
+    # correctness first, then memory, then speed; a part's cases and verdict do not depend on the order
+    order = [p.index for p in sorted(plans, key=lambda p: (p.part != "correctness", p.part == "speed", p.index))]
+    _prime_anchors(plans)
+    who = f"{Path(nb_path).parent.parent.name} / {assignment}"
+    total, t0, n = len(order), time.monotonic(), 0
+    while order:
+        runs = run_jail(course, plans, order, timeout, compile_budget, slot)
+        finished = [i for i in order if runs[i].end is not None]
+        cut = [i for i in order if runs[i].end is None]
+        if cut:  # the first part without an end was in flight when the jail stopped: it fails; the rest run again
+            finished.append(cut[0])
+        for i in finished:
+            r = judge(by[i], runs[i], timeout, compile_budget)
+            out[r.grade_id] = r
+            on_result(r)
+            n += 1
+            eta = (time.monotonic() - t0) / n * (total - n)
+            log(f"verify: {who} / {r.grade_id}: {r.points:g} / {r.max_points:g} ({r.seconds:.1f} s) "
+                f"[{n}/{total}" + (f", about {eta:.0f} s left]" if total > n else "]"))
+        order = cut[1:]
+    merged = {**done, **out}
+    return [merged[g] for g in _grade_ids(course, assignment) if g in merged and (only is None or g in only)]
+
+
+def _grade_ids(course: Course, assignment: str) -> list[str]:
+    source = nbformat.read(str(course.solutions / f"{assignment}.ipynb"), as_version=4)
+    return list(grade_map(source))
+
+
+# ----------------------------------------------------------------------------------------------
+# Recording
+# ----------------------------------------------------------------------------------------------
+def verdict_path(course: Course, assignment: str, student: str) -> Path:
+    return course.path("verdicts", student, f"{assignment}.json")
+
+
+def load_verdicts(course: Course, assignment: str, student: str) -> dict[str, PartResult]:
+    """The parts of a submission already verified (a run that stopped half-way left them)."""
+    p = verdict_path(course, assignment, student)
+    if not p.exists():
+        return {}
+    try:
+        rows = json.loads(p.read_text())
+        return {r["grade_id"]: PartResult(**r) for r in rows}
+    except Exception:  # a damaged file: grade again
+        return {}
+
+
+def save_verdict(course: Course, assignment: str, student: str, result: PartResult) -> None:
+    """Add one part's verdict to the submission's verdict file (atomically)."""
+    have = load_verdicts(course, assignment, student)
+    have[result.grade_id] = result
+    p = verdict_path(course, assignment, student)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(json.dumps([r.__dict__ for r in have.values()], indent=1, default=str))
+    os.replace(tmp, p)
 
 
 def record(course: Course, assignment: str, student: str, results: list[PartResult]) -> Path:
     """Write the verdicts: JSON beside the gradebook, auto scores in the gradebook, a report cell per
     graded cell into the autograded notebook (so feedback shows them)."""
-    d = course.path("verdicts", student)
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / f"{assignment}.json"
-    path.write_text(json.dumps([r.__dict__ for r in results], indent=1, default=str))
+    for r in results:
+        save_verdict(course, assignment, student, r)
+    path = verdict_path(course, assignment, student)
     with course.gradebook() as gb:
         for r in results:
             try:
@@ -318,27 +573,30 @@ def record(course: Course, assignment: str, student: str, results: list[PartResu
         gb.db.commit()
     nbp = course.path("autograded", student, assignment, f"{assignment}.ipynb")
     if nbp.exists():
-        nb = nbformat.read(str(nbp), as_version=4)
-        by = {r.grade_id: r for r in results}
-        cells = []
-        notes = grader_notes(nb)
-        if notes:  # what the grader repaired in the notebook's structure (grader/normalize.py)
-            m = nbformat.v4.new_markdown_cell("**Notes from the grader** — your notebook's grading structure was "
-                                              "repaired before grading:\n\n" + "\n".join(f"* {n}" for n in notes))
+        _write_report_cells(nbp, {r.grade_id: r for r in results})
+    return path
+
+
+def _write_report_cells(nbp: Path, by: dict) -> None:
+    nb = nbformat.read(str(nbp), as_version=4)
+    cells = []
+    notes = grader_notes(nb)
+    if notes:  # what the grader repaired in the notebook's structure (grader/normalize.py)
+        m = nbformat.v4.new_markdown_cell("**Notes from the grader** — your notebook's grading structure was "
+                                          "repaired before grading:\n\n" + "\n".join(f"* {n}" for n in notes))
+        m.metadata["effilab_verdict"] = True
+        cells.append(m)
+    for c in nb.cells:
+        if c.get("metadata", {}).get("effilab_verdict"):
+            continue  # replaced on regrade
+        cells.append(c)
+        gid = c.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+        if gid in by and c.get("metadata", {}).get("nbgrader", {}).get("grade"):
+            r = by[gid]
+            text = (f"**Recorded score: {r.points:g} / {r.max_points:g}** — graded outside your notebook, on the "
+                    f"grader's own inputs (the check above is your self-check).\n\n```\n{r.report}\n```")
+            m = nbformat.v4.new_markdown_cell(text)
             m.metadata["effilab_verdict"] = True
             cells.append(m)
-        for c in nb.cells:
-            if c.get("metadata", {}).get("effilab_verdict"):
-                continue  # replaced on regrade
-            cells.append(c)
-            gid = c.get("metadata", {}).get("nbgrader", {}).get("grade_id")
-            if gid in by and c.get("metadata", {}).get("nbgrader", {}).get("grade"):
-                r = by[gid]
-                text = (f"**Recorded score: {r.points:g} / {r.max_points:g}** — graded outside your notebook, on the "
-                        f"grader's own inputs (the check above is your self-check).\n\n```\n{r.report}\n```")
-                m = nbformat.v4.new_markdown_cell(text)
-                m.metadata["effilab_verdict"] = True
-                cells.append(m)
-        nb.cells = cells
-        nbformat.write(nb, str(nbp))
-    return path
+    nb.cells = cells
+    nbformat.write(nb, str(nbp))

@@ -51,3 +51,12 @@ def graded_examples(root, assignments, secret: int = TEST_COURSE_SECRET, sources
 @pytest.fixture(scope="session")
 def make_graded():
     return graded_examples
+
+
+@pytest.fixture(scope="session")
+def examples_course(tmp_path_factory):
+    """Every assignment's example submissions (alice, bob, carol) collected and autograded once, in
+    one temporary course shared by the tests that only read it."""
+    from grader.course import Course
+
+    return graded_examples(tmp_path_factory.mktemp("examples"), Course().assignments())

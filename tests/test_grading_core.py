@@ -8,7 +8,8 @@ import torch
 
 from effilab.formats import FORMATS
 from effilab.grading import TOLERANCES, check, compare_tensors, quiet
-from effilab.grading.core import Case, Exercise, Group, poisoned_allocations
+from effilab.grading.core import Case, Exercise, Group, check_correctness, poisoned_allocations
+from effilab.grading.keys import Key
 
 
 def test_quiet_captures_python_warnings_and_fd2(capfd):
@@ -36,11 +37,11 @@ class _Double(Exercise):
     name = "_double_for_tests"
     points = {"correctness": 2.0}
 
-    def groups(self, suite, seed):
+    def cases(self, suite, key):
         return [Group("doubles", [Case("odd length", (torch.arange(1001, dtype=torch.float32),))], "multiply by 2"),
                 Group("empty", [Case("empty", (torch.zeros(0),))])]
 
-    def compare(self, out, case):
+    def judge(self, out, case, expected=None):
         return compare_tensors(out, case.args[0] * 2)
 
 
@@ -50,7 +51,7 @@ def ex():
 
 
 def test_correct_function_gets_all_points(ex):
-    v = ex.check_correctness(lambda x: x * 2)
+    v = check_correctness(ex, lambda x: x * 2, "public", Key.public())
     assert v.points == 2.0 and v.passed
 
 
@@ -60,7 +61,7 @@ def test_tail_left_unwritten_is_caught(ex):
         out[:1000] = x[:1000] * 2  # forgets the last element
         return out
 
-    v = ex.check_correctness(partial)
+    v = check_correctness(ex, partial, "public", Key.public())
     assert v.points == 1.0
     assert "never wrote" in v.groups[0].message
 
@@ -69,7 +70,7 @@ def test_input_mutation_is_caught(ex):
     def in_place(x):
         return x.mul_(2)
 
-    v = ex.check_correctness(in_place)
+    v = check_correctness(ex, in_place, "public", Key.public())
     assert not v.groups[0].passed and "modified" in v.groups[0].message
 
 
@@ -77,14 +78,14 @@ def test_exceptions_are_reported_not_raised(ex):
     def stub(x):
         raise NotImplementedError()
 
-    v = ex.check_correctness(stub)
+    v = check_correctness(ex, stub, "public", Key.public())
     assert v.points == 0
     assert "not filled in yet" in v.groups[0].message
 
     def broken(x):
         return x.view(10, -1)  # 1001 elements: not divisible
 
-    v = ex.check_correctness(broken)
+    v = check_correctness(ex, broken, "public", Key.public())
     assert "RuntimeError" in v.groups[0].message
 
 
@@ -144,7 +145,7 @@ def test_each_tolerance_accepts_its_dtype_and_rejects_a_lower_precision(dtype, l
 def test_decompose_inputs_are_big_enough():
     from effilab.grading import get
 
-    groups = get("decompose").groups("public", 0)
+    groups = get("decompose").cases("public", Key.public())
     assert len({c.args[1].name for g in groups for c in g.cases}) == len(FORMATS)
     assert all(len(g.cases) >= 5 for g in groups)
     assert all(c.args[0].numel() >= 65536 for g in groups for c in g.cases)

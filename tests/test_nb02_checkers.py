@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from effilab.grading import check
-from effilab.grading.nbcode import code_cells, exec_cells, load_notebook, solution_namespace
+from effilab.grading.nbcode import solution_namespace
+from effilab.grading.keys import Key
 from effilab.grading.specs import nb02
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,16 +23,9 @@ def ref():
     return solution_namespace(NB)
 
 
-def variant(gid: str, old: str, new: str) -> dict:
-    """The solution namespace with one solution cell's text changed (``old`` must occur)."""
-    nb = load_notebook(NB)
-    cells = []
-    for i, src in code_cells(nb):
-        if nb.cells[i].metadata["nbgrader"]["grade_id"] == gid:
-            assert old in src, f"{old!r} not in {gid}"
-            src = src.replace(old, new)
-        cells.append((i, src))
-    return exec_cells(cells, label="nb02-variant")
+def variant(cell: str, old: str, new: str) -> dict:
+    """The solution namespace with ``old`` replaced by ``new`` in the solution cell ``cell``."""
+    return solution_namespace(NB, {cell: (old, new)})
 
 
 def failed(v):
@@ -48,22 +42,6 @@ G_FP16 = "fp16 copy + loss scaling follow the fp32 trajectory"
 G_OVF = "fp16: overflow steps are skipped (huge initial scale), then training goes on"
 G_AUTOCAST = "the forward runs under torch.autocast(dtype=torch.bfloat16); weights stay fp32"
 G_STEP = "one AdamW step: loss and parameters match the reference bf16 step"
-
-
-@pytest.mark.parametrize("name", ["DynamicLossScaler", "MixedPrecisionTrainer", "bf16_train_step"])
-@pytest.mark.parametrize("suite,seed", [("public", 0), ("hidden", 12345)])
-def test_reference_gets_full_correctness_points(ref, name, suite, seed):
-    v = check(name, ref[name], suite=suite, seed=seed, verbose=False)
-    assert v.passed, v.report()
-    assert all(g.n_cases >= 5 for g in v.groups)
-
-
-def test_speed_part_on_cpu_awards_nothing_and_says_why(ref):
-    if torch.cuda.is_available():
-        pytest.skip("CPU behaviour")
-    v = check("bf16_train_step", ref["bf16_train_step"], "speed", verbose=False)
-    assert v.points == 0 and "needs a CUDA GPU — not awarded here" in v.report()
-    assert f"{nb02.BF16_SPEED_THRESHOLD:g}×" in v.report()
 
 
 def test_grad_scaler_runs_on_cpu():
@@ -87,13 +65,6 @@ def test_scripts_exercise_what_they_claim():
     (1, "MixedPrecisionTrainer", [G_FP16, G_OVF]),
     (2, "bf16_train_step", [G_AUTOCAST, G_STEP]),
 ])
-def test_each_example_mistake_loses_exactly_its_groups(bug, exercise, lost):
-    b = BUGS[bug]
-    ns = variant(b["cell"], b["old"], b["new"])
-    v = check(exercise, ns[exercise], verbose=False)
-    assert failed(v) == sorted(lost), v.report()
-
-
 # ---------------------------------------------------------------------------------------------- scaler mistakes
 def test_scaler_growing_in_the_overflow_update():
     ns = variant("DynamicLossScaler_solution",
@@ -187,7 +158,8 @@ def test_trainer_without_master_weights_misses_the_tolerance():
     assert "off the fp32 trajectory" in v.report()  # bf16: the stated tolerance, not an exception
     # the error is far beyond the tolerance, not marginal
     ex = nb02.MixedPrecisionTrainerExercise()
-    msg = ex.run_case(NoMasterTrainer, ex.groups("public", 0)[0].cases[0])
+    case = ex.cases("public", Key.public())[0].cases[0]
+    msg = ex.judge(ex.run(NoMasterTrainer, case), case)
     err = float(msg.split("trajectory by ")[1].split(" ")[0])
     assert err > 5 * nb02.MP_TOL[torch.bfloat16]
 

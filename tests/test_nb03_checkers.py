@@ -24,24 +24,10 @@ def failed(v):
     return sorted(g.name for g in v.groups if not g.passed)
 
 
-@pytest.mark.parametrize("name", ["checkpoint", "segments_for", "best_n_segments", "checkpointed_blocks"])
-@pytest.mark.parametrize("suite,seed", [("public", 0), ("hidden", 12345)])
-def test_reference_gets_full_correctness_points(ref, name, suite, seed):
-    v = check(name, ref[name], suite=suite, seed=seed, verbose=False)
-    assert v.passed, v.report()
-
-
 def test_reference_memory_ratio_below_a_third(ref):
     v = check("checkpointed_blocks", ref["checkpointed_blocks"], "memory", verbose=False)
     assert v.passed, v.report()
     assert v.details["ratio"] <= 1 / 3 and v.details["segments"] == [(0, 4), (4, 8), (8, 12), (12, 16)]
-
-
-def test_speed_part_on_cpu_awards_nothing_and_says_why(ref):
-    if torch.cuda.is_available():
-        pytest.skip("CPU behaviour")
-    v = check("checkpointed_blocks", ref["checkpointed_blocks"], "speed", verbose=False)
-    assert v.points == 0 and "needs a CUDA GPU — not awarded here" in v.report()
 
 
 # ---------------------------------------------------------------------------------------------- checkpoint

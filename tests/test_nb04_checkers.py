@@ -22,13 +22,6 @@ def failed(v):
     return sorted(g.name for g in v.groups if not g.passed)
 
 
-@pytest.mark.parametrize("name", ["accumulate_gradients", "scaled_lr"])
-@pytest.mark.parametrize("suite,seed", [("public", 0), ("hidden", 12345)])
-def test_reference_gets_full_correctness_points(ref, name, suite, seed):
-    v = check(name, ref[name], suite=suite, seed=seed, verbose=False)
-    assert v.passed, v.report()
-
-
 def test_reference_memory_within_budget(ref):
     v = check("accumulate_gradients", ref["accumulate_gradients"], "memory", verbose=False)
     assert v.passed, v.report()

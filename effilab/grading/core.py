@@ -1,65 +1,60 @@
-"""The exercise-checking machinery shared by every notebook.
+"""The exercise contract shared by every notebook: cases, run, judge — and one way to score them.
 
-An :class:`Exercise` is defined once, here in effilab, and serves three callers alike:
+An :class:`Exercise` is defined once, in ``effilab/grading/specs/nbNN.py``, and serves three callers:
 
-* the student's self-check cell in the notebook (``check("round_to_bf16", round_to_bf16).points``),
-* pytest on the instructor's reference solution,
-* the grader (nbgrader runs the same cell, with a hidden suite and a secret seed added).
+* the student's self-check cell (``check("round_to_bf16", round_to_bf16).points``), where every
+  step runs in the notebook's own process;
+* pytest on the instructor's reference solution (taken from ``solutions/``);
+* the grader, which splits the steps between two processes that trust each other differently.
 
-A check runs *groups* of *cases*. Each case is one call of the student's function on fresh,
-cloned inputs; the checker poisons every tensor the function allocates with ``torch.empty*``
-(so an element the function never writes is caught), verifies the inputs were not mutated, and
-hands the output to the exercise's own comparison. A group passes when all its cases pass; the
-score of a part is ``points × passed groups / groups``. Speed and memory parts are measured on a
-CUDA GPU only; on a CPU they say so and award nothing.
+The contract (``docs/authoring.md`` has the long form):
 
-The verdict returned is a :class:`Verdict`. Its report goes to stdout; nothing goes to stderr
-(nbgrader scores a test cell that writes to stderr as failed), so warnings raised while the
-student's code runs are captured and shown in the report instead.
+``cases(suite, key) -> [Group]``
+    the groups of cases. ``key`` (:mod:`effilab.grading.keys`) says where the inputs come from:
+    fixed seeds for the public suite, a keyed hash of the course secret for the hidden one. In the
+    grader this runs in the grader's process; the sandbox only ever receives the cases.
+``run(fn, case) -> output``
+    one call of the student's code; in the grader it runs **in the sandbox**. The default calls
+    ``fn(*case.args, **case.kwargs)`` on clones, with poisoned allocations, and checks that the
+    inputs were left alone (:func:`effilab.grading.calls.call_student`). An exercise whose output
+    is an object (an optimizer, a scaler, a model) overrides ``run`` to drive that object and
+    return what it observed as plain data: tensors, numbers, strings, lists and dicts of them
+    (:mod:`effilab.grading.wire` carries exactly these). A run that finds the student's code broken
+    returns a :class:`~effilab.grading.calls.Problem`.
+``expect(case) -> expected``
+    optional: the expected value computed by trusted code on the grading device (in the grader's
+    process), for references that must run where the student's code ran (a GPU's RNG, bf16
+    kernels). Default None: the judge computes what it needs from the case.
+``judge(output, case, expected) -> CaseResult | str | None``
+    decides one case; in the grader it runs **in the grader's process**, so the expected values
+    never exist where the student's code runs. None (or ``CaseResult(True)``) passes; a string is
+    the failure — what is wrong, where, yours vs expected; a :class:`CaseResult` can carry a hint
+    that says only what this failure shows.
+
+No exercise of notebooks 01–04 and 08 needs a live object in the judge; an exercise that truly
+did would name the reason in ``live_judge`` and be listed in ``docs/authoring.md``.
+
+A group passes when all its cases pass; a part scores ``points × passed groups / groups``
+(:func:`score`, the one scoring function of the course). Speed and memory parts are declared with
+:mod:`effilab.grading.measure` and decided there; on a CPU they say so and award nothing.
+Nothing a check prints goes to stderr (nbgrader scores a cell that writes to stderr as failed).
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import math
-import os
-import statistics
-import sys
-import tempfile
-import time
-import traceback
-import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 
-__all__ = [
-    "Case",
-    "Group",
-    "Verdict",
-    "Exercise",
-    "REGISTRY",
-    "register",
-    "check",
-    "quiet",
-    "NOT_ON_CPU",
-]
+from .calls import Problem, call_student, describe_exception, quiet
+from .calls import one_thread, poisoned_allocations  # noqa: F401  (re-exported: the specs use them)
+from .keys import Key, case_seeds  # noqa: F401
+
+__all__ = ["Case", "Group", "CaseResult", "GroupResult", "Verdict", "Exercise", "Problem", "REGISTRY", "register",
+           "get", "check", "quiet", "NOT_ON_CPU", "judge_case", "score", "default_device", "key_for", "run_case"]
 
 NOT_ON_CPU = "needs a CUDA GPU — not awarded here"
-
-N_CASE_SEEDS = 5  # every group of an exercise runs its cases on at least this many seeds
-
-
-def case_seeds(suite: str, seed: int, n: int = N_CASE_SEEDS) -> list[int]:
-    """The seeds an exercise draws its inputs from.
-
-    The public suite (the notebook's self-check) uses 0 … n-1. The hidden suite derives them from
-    ``seed`` (the grader passes the course's secret), so hidden inputs differ from the public ones
-    and from one course to the next. Kept below 2**40, well inside what any torch generator takes.
-    """
-    base = 0 if suite == "public" else (1_000_003 * (seed + 1)) % (1 << 40)
-    return [base + i for i in range(n)]
+MAX_MESSAGE = 2000  # characters of one failure message kept
 
 
 def default_device() -> torch.device:
@@ -67,28 +62,12 @@ def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-@contextlib.contextmanager
-def one_thread():
-    """Run tiny CPU models on one thread: with several threads (and a busy machine) torch's per-op
-    thread hand-offs make a 30-k-parameter model 5–20× slower, and one thread is reproducible.
-    Does nothing on a GPU machine; restores the thread count."""
-    n = torch.get_num_threads()
-    if torch.cuda.is_available() or n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 # ----------------------------------------------------------------------------------------------
-# Cases, groups, verdicts
+# Cases, groups, results, verdicts
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class Case:
-    """One call of the student's function: ``fn(*args, **kwargs)``; ``meta`` is for the comparer."""
+    """One call of the student's function: ``fn(*args, **kwargs)``; ``meta`` is for run and judge."""
 
     label: str
     args: tuple = ()
@@ -102,6 +81,15 @@ class Group:
 
     name: str
     cases: list[Case]
+    hint: str = ""
+
+
+@dataclass
+class CaseResult:
+    """The judge's decision on one case; ``hint`` (optional) replaces the group's hint for this failure."""
+
+    ok: bool
+    problem: str = ""
     hint: str = ""
 
 
@@ -136,7 +124,7 @@ class Verdict:
         what = self.part if self.suite == "public" else f"{self.part}, {self.suite} tests"
         lines = [f"{self.exercise} [{what}]: {mark} — {self.points:g} / {self.max_points:g} points"]
         for g in self.groups:
-            lines.append(f"  {'✓' if g.passed else '✗'} {g.name}" + ("" if g.passed else ""))
+            lines.append(f"  {'✓' if g.passed else '✗'} {g.name}")
             if not g.passed:
                 lines += ["      " + ln for ln in g.message.rstrip().splitlines()]
                 if g.hint:
@@ -151,243 +139,117 @@ class Verdict:
         p.text(self.report())
 
 
-# ----------------------------------------------------------------------------------------------
-# Quiet execution: nothing may reach stderr, at the Python or the file-descriptor level
-# ----------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def quiet():
-    """Capture warnings and everything written to stderr (Python and fd 2) while the block runs.
-
-    Yields a list that holds, after the block, the captured text lines (warnings first).
-    Jupyter forwards writes to fd 2 (e.g. from compilers) as a stderr stream, which nbgrader
-    would score as a failed test, hence the file-descriptor redirect as well.
-    """
-    captured: list[str] = []
-    buf = io.StringIO()
+def judge_case(ex: "Exercise", out: Any, case: Case, expected: Any = None) -> CaseResult:
+    """The exercise's judge on one output, made total: a :class:`Problem` from the run fails the case
+    with its own hint, an exception inside the judge (a malformed output) fails it with a message,
+    and every failure names the case."""
+    if isinstance(out, Problem):
+        return CaseResult(False, f"{case.label}: {out.message}"[:MAX_MESSAGE], out.hint)
     try:
-        fd = sys.__stderr__.fileno() if sys.__stderr__ is not None else 2
-        saved = os.dup(fd)
-    except (OSError, ValueError, AttributeError):
-        fd, saved = None, None
-    tmp = tempfile.TemporaryFile(mode="w+b") if saved is not None else None
-    try:
-        if tmp is not None:
-            sys.__stderr__.flush()
-            os.dup2(tmp.fileno(), fd)
-        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(buf):
-            warnings.simplefilter("always")
-            yield captured
-    finally:
-        if tmp is not None:
-            try:
-                sys.__stderr__.flush()
-            except Exception:
-                pass
-            os.dup2(saved, fd)
-            os.close(saved)
-            tmp.seek(0)
-            fd_text = tmp.read().decode("utf-8", "replace")
-            tmp.close()
-        else:
-            fd_text = ""
-        seen = set()
-        for w in locals().get("caught", []) or []:
-            msg = f"warning: {w.category.__name__}: {w.message}"
-            if msg not in seen:
-                seen.add(msg)
-                captured.append(msg)
-        for text in (buf.getvalue(), fd_text):
-            captured += [ln for ln in text.splitlines() if ln.strip()]
+        r = ex.judge(out, case, expected)
+    except Exception as exc:  # the output is not what the judge can read
+        r = CaseResult(False, f"could not compare your output ({type(exc).__name__}: {str(exc)[:300]})")
+    if r is None:
+        return CaseResult(True)
+    if isinstance(r, str):
+        r = CaseResult(False, r)
+    if not isinstance(r, CaseResult):
+        raise TypeError(f"{ex.name}.judge returned {type(r).__name__}; return None, a str or a CaseResult")
+    if r.ok:
+        return r
+    return CaseResult(False, f"{case.label}: {r.problem}"[:MAX_MESSAGE], r.hint)
 
 
-# ----------------------------------------------------------------------------------------------
-# Poisoned allocation and input-mutation checks
-# ----------------------------------------------------------------------------------------------
-def poison_value(dtype: torch.dtype):
-    """The value a freshly allocated tensor is filled with during a check (never a plausible answer)."""
-    if dtype.is_floating_point:
-        return float("nan")
-    if dtype == torch.bool:
-        return True
-    return torch.iinfo(dtype).min + 7 if dtype != torch.uint8 else 0xA5
+def score(ex: "Exercise", groups: list[Group], results: dict[tuple[int, int], CaseResult], *,
+          suite: str = "public", notes: list[str] | None = None, stopped: str = "") -> Verdict:
+    """The one scoring function: groups → points for the correctness part.
 
-
-@contextlib.contextmanager
-def poisoned_allocations():
-    """Make ``torch.empty``/``empty_like``/``empty_strided``/``Tensor.new_empty`` return poisoned memory.
-
-    Uninitialised memory is often zero on a CPU, which would hide a kernel that skips the tail of
-    its output. Inside this block such tensors are filled with :func:`poison_value`.
-    """
-    orig = {name: getattr(torch, name) for name in ("empty", "empty_like", "empty_strided")}
-    orig_new_empty = torch.Tensor.new_empty
-
-    def wrap(f):
-        def poisoned(*a, **k):
-            t = f(*a, **k)
-            if isinstance(t, torch.Tensor) and t.numel() and not t.is_meta:
-                with torch.no_grad():
-                    t.fill_(poison_value(t.dtype))
-            return t
-
-        poisoned.__wrapped__ = f
-        return poisoned
-
-    try:
-        for name, f in orig.items():
-            setattr(torch, name, wrap(f))
-        torch.Tensor.new_empty = wrap(orig_new_empty)
-        yield
-    finally:
-        for name, f in orig.items():
-            setattr(torch, name, f)
-        torch.Tensor.new_empty = orig_new_empty
-
-
-def _clone(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_clone(o) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _clone(v) for k, v in obj.items()}
-    return obj
-
-
-def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    if a.dtype.is_floating_point:
-        width = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}[a.element_size()]
-        return bool(torch.equal(a.contiguous().view(width), b.contiguous().view(width)))
-    return bool(torch.equal(a, b))
-
-
-def _mutated(before, after, path="input") -> str | None:
-    if isinstance(before, torch.Tensor):
-        if not _same_bits(before, after.detach()):
-            return f"your function modified {path} in place; inputs must be left untouched"
-        return None
-    if isinstance(before, (list, tuple)):
-        for i, (b, a) in enumerate(zip(before, after)):
-            m = _mutated(b, a, f"{path}[{i}]")
-            if m:
-                return m
-    if isinstance(before, dict):
-        for k in before:
-            m = _mutated(before[k], after[k], f"{path}[{k!r}]")
-            if m:
-                return m
-    return None
-
-
-def _student_traceback(exc: BaseException, limit: int = 3) -> str:
-    """The last frames of an exception that are not effilab's, torch's or triton's own."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    mine = [f for f in frames if not any(s in (f.filename or "") for s in
-                                         (os.sep + "effilab" + os.sep, os.sep + "torch" + os.sep,
-                                          os.sep + "triton" + os.sep))]
+    ``results`` maps (group index, case index) to the judged case. A group passes when each of its
+    cases has a passing result; its message is the first failure (in case order); a case without a
+    result fails as "not run" with ``stopped`` as the reason (the run was cut short)."""
+    max_pts = float(ex.points.get("correctness", 0.0))
     out = []
-    for f in mine[-limit:]:
-        where = "your notebook" if f.filename.startswith("<") or "ipykernel" in f.filename else f.filename
-        out.append(f"  in {f.name} ({where}, line {f.lineno}): {f.line or ''}".rstrip())
-    return "\n".join(out)
-
-
-def describe_exception(exc: BaseException) -> tuple[str, str]:
-    """(message, hint) for an exception raised by the student's code."""
-    if isinstance(exc, NotImplementedError) or "NotImplementedError" in repr(exc):
-        return ("your function raised NotImplementedError: the exercise is not filled in yet",
-                "replace `raise NotImplementedError()` with your implementation, run that cell, then this one")
-    text = f"your function raised {type(exc).__name__}: {str(exc).strip()[:600]}"
-    tb = _student_traceback(exc)
-    if tb:
-        text += "\n" + tb
-    hint = "read the error above; run your function on a small input by hand to reproduce it"
-    if "CompilationError" in type(exc).__name__ or "triton" in type(exc).__module__:
-        hint = ("your Triton kernel failed to compile or launch: check the line it names, "
-                "that every block size is a tl.constexpr power of two, and the dtypes you load/store")
-    return text, hint
+    for gi, g in enumerate(groups):
+        message, hint = "", ""
+        for ci, case in enumerate(g.cases):
+            r = results.get((gi, ci))
+            if r is None:
+                message = f"{case.label}: not run" + (f" ({stopped})" if stopped else "")
+            elif not r.ok:
+                message, hint = r.problem, r.hint
+            if message:
+                break
+        out.append(GroupResult(g.name, not message, len(g.cases), message, (hint or g.hint) if message else ""))
+    pts = round(max_pts * sum(r.passed for r in out) / max(1, len(out)), 2)
+    return Verdict(ex.name, "correctness", pts, max_pts, out, notes=list(notes or []), suite=suite)
 
 
 # ----------------------------------------------------------------------------------------------
 # Exercises and the registry
 # ----------------------------------------------------------------------------------------------
 class Exercise:
-    """Base class of an exercise spec. Subclasses set the class attributes and implement ``groups``
-    and ``compare``; speed and memory parts override ``speed``/``memory``.
-
-    ``groups(suite, seed)`` returns the groups of cases: ``suite`` is ``"public"`` (the
-    self-check, fixed seeds) or ``"hidden"`` (the grader's, seeded by a secret number); the
-    input generator uses at least five seeds either way.
-    """
+    """Base class of an exercise spec: set the class attributes, implement ``cases`` and ``judge``
+    (and ``run`` / ``expect`` when the default call does not fit); speed and memory parts return
+    their declarations from ``speed_part`` / ``memory_part`` (:mod:`effilab.grading.measure`)."""
 
     name: str = ""  # the name the student must define
     notebook: str = ""  # e.g. "01_float_formats"
     title: str = ""
     points: dict[str, float] = {"correctness": 1.0}
     signature: str = ""  # shown when the name is missing or has the wrong signature
-    # What the grader's static check rejects in the student's code for this exercise:
-    forbidden: tuple[str, ...] = ()  # dotted names (and their submodules/attributes), aliases resolved
-    forbidden_source: tuple[tuple[str, str], ...] = ()  # (regex, why) on the source text
-    # True when some cases are decided by the checker inside the grading worker (gradients compared
-    # after a training step, a ValueError expected…) instead of from an output the grader compares
-    # itself; for other exercises a case that returns no output counts as failed (grader.verify)
-    decided_in_worker: bool = False
+    # What the grader rejects: dotted names (and their submodules/attributes) the static check refuses
+    # and the sandbox replaces by traps; (regex, why) on the source text.
+    forbidden: tuple[str, ...] = ()
+    forbidden_source: tuple[tuple[str, str], ...] = ()
+    # A kernel exercise: the returned tensors must be written by Triton kernels defined in the
+    # notebook, with no library compute in the call (effilab.grading.provenance).
+    kernel: bool = False
+    # Why this exercise's judge needs the live output in the sandbox; empty: judged from plain data.
+    live_judge: str = ""
 
     # -- to implement ---------------------------------------------------------------------------
-    def groups(self, suite: str, seed: int) -> list[Group]:
+    def cases(self, suite: str, key: Key) -> list[Group]:
         raise NotImplementedError
 
-    def compare(self, out: Any, case: Case) -> str | None:
-        """None if ``out`` is right for ``case``, else a message: what is wrong, where, yours vs expected."""
+    def run(self, fn: Callable, case: Case) -> Any:
+        """One call of the student's code (in the sandbox when grading); the output or a Problem."""
+        return call_student(fn, case.args, case.kwargs)
+
+    def expect(self, case: Case) -> Any:
+        """Trusted expected value on the grading device, or None (the judge computes it)."""
+        return None
+
+    def judge(self, out: Any, case: Case, expected: Any = None) -> CaseResult | str | None:
         raise NotImplementedError
 
-    def speed(self, fn: Callable, seed: int) -> Verdict:
+    def speed_part(self, key: Key):
         raise NotImplementedError(f"{self.name} has no speed part")
 
-    def memory(self, fn: Callable, seed: int) -> Verdict:
+    def memory_part(self, key: Key):
         raise NotImplementedError(f"{self.name} has no memory part")
 
-    # -- machinery -----------------------------------------------------------------------------
-    def run_case(self, fn: Callable, case: Case) -> str | None:
-        """Run one case; returns None if right, else the failure message (a hint may follow '\\nhint: ')."""
-        args, kwargs = _clone(case.args), _clone(case.kwargs)
-        keep = _clone((args, kwargs))
-        try:
-            with poisoned_allocations():
-                out = fn(*args, **kwargs)
-            if isinstance(out, torch.Tensor) and out.is_cuda:
-                torch.cuda.synchronize()
-        except Exception as exc:  # the student's bug, reported, never raised
-            msg, hint = describe_exception(exc)
-            return f"{case.label}: {msg}\nhint: {hint}"
-        mut = _mutated(keep, (args, kwargs), "an input")
-        if mut:
-            return f"{case.label}: {mut}\nhint: allocate a new output (e.g. torch.empty_like) instead of writing into x"
-        try:
-            problem = self.compare(out, case)
-        except Exception as exc:  # a malformed output the comparer could not handle
-            problem = f"could not compare your output ({type(exc).__name__}: {exc})"
-        return None if problem is None else f"{case.label}: {problem}"
 
-    def check_correctness(self, fn: Callable, suite: str = "public", seed: int = 0) -> Verdict:
-        max_pts = float(self.points.get("correctness", 0.0))
-        results: list[GroupResult] = []
-        for g in self.groups(suite, seed):
-            message = ""
-            for case in g.cases:
-                problem = self.run_case(fn, case)
-                if problem is not None:
-                    message = problem
-                    break
-            hint = g.hint
-            if "\nhint: " in message:
-                message, hint = message.split("\nhint: ", 1)
-            results.append(GroupResult(g.name, not message, len(g.cases), message, hint if message else ""))
-        n_pass = sum(r.passed for r in results)
-        pts = round(max_pts * n_pass / max(1, len(results)), 2)
-        return Verdict(self.name, "correctness", pts, max_pts, results, suite=suite)
+def run_case(ex: Exercise, fn: Callable, case: Case) -> Any:
+    """``ex.run(fn, case)`` that never raises: an exception escaping a run is the student's."""
+    try:
+        return ex.run(fn, case)
+    except Exception as exc:
+        msg, hint = describe_exception(exc)
+        return Problem(msg, hint)
+
+
+def check_correctness(ex: Exercise, fn: Callable, suite: str, key: Key) -> Verdict:
+    """Every step in this process (the self-check and the tests): cases, run, expect, judge, score."""
+    groups = ex.cases(suite, key)
+    results: dict[tuple[int, int], CaseResult] = {}
+    for gi, g in enumerate(groups):
+        for ci, case in enumerate(g.cases):
+            out = run_case(ex, fn, case)
+            r = judge_case(ex, out, case, ex.expect(case) if not isinstance(out, Problem) else None)
+            results[(gi, ci)] = r
+            if not r.ok:
+                break
+    return score(ex, groups, results, suite=suite)
 
 
 REGISTRY: dict[str, Exercise] = {}
@@ -416,8 +278,20 @@ def get(name: str) -> Exercise:
     return REGISTRY[name]
 
 
+def key_for(ex: Exercise, suite: str, seed: int | Key = 0) -> Key:
+    """The key of a check: the public one, or a hidden one from a test's stand-in secret."""
+    if isinstance(seed, Key):
+        return seed.for_exercise(ex.name)
+    return Key.public() if suite == "public" else Key.hidden(str(seed), ex.name)
+
+
+def _missing(ex: Exercise, part: str, fn) -> Verdict:
+    return Verdict(ex.name, part, 0.0, float(ex.points[part]),
+                   notes=[f"`{ex.name}` is not a function (got {type(fn).__name__}); define it as: {ex.signature}"])
+
+
 def check(name: str, fn: Callable | None, part: str = "correctness", *, suite: str = "public",
-          seed: int = 0, verbose: bool = True) -> Verdict:
+          seed: int | Key = 0, verbose: bool = True) -> Verdict:
     """Check the student's ``fn`` for exercise ``name``; print the report; return the :class:`Verdict`.
 
     ``part`` is ``"correctness"``, ``"speed"`` or ``"memory"``. A notebook test cell ends with
@@ -426,20 +300,18 @@ def check(name: str, fn: Callable | None, part: str = "correctness", *, suite: s
     ex = get(name)
     if part not in ex.points:
         raise ValueError(f"exercise {name!r} has no part {part!r}; parts: {list(ex.points)}")
+    key = key_for(ex, suite, seed)
     if not callable(fn):
-        v = Verdict(name, part, 0.0, float(ex.points[part]),
-                    notes=[f"`{name}` is not a function (got {type(fn).__name__}); define it as: {ex.signature}"])
+        v = _missing(ex, part, fn)
     else:
         with quiet() as captured:
             try:
                 if part == "correctness":
-                    v = ex.check_correctness(fn, suite=suite, seed=seed)
-                elif part == "speed":
-                    v = ex.speed(fn, seed)
-                elif part == "memory":
-                    v = ex.memory(fn, seed)
+                    v = check_correctness(ex, fn, suite, key)
                 else:
-                    raise ValueError(part)
+                    from .measure import self_check
+
+                    v = self_check(ex, part, fn, key)
             except Exception as exc:  # a checker must never crash a test cell: report instead
                 msg, hint = describe_exception(exc)
                 v = Verdict(name, part, 0.0, float(ex.points[part]), notes=[msg, f"hint: {hint}"])
@@ -450,190 +322,3 @@ def check(name: str, fn: Callable | None, part: str = "correctness", *, suite: s
     if verbose:
         print(v.report())
     return v
-
-
-# ----------------------------------------------------------------------------------------------
-# Speed parts: the same recipe for every exercise
-# ----------------------------------------------------------------------------------------------
-def student_kernel_names(fn: Callable) -> set[str]:
-    """Names of the ``@triton.jit`` kernels the student's code defines (in ``fn``'s module globals)."""
-    names = set()
-    for obj in list(getattr(fn, "__globals__", {}).values()):
-        mod = getattr(obj, "__module__", "") or ""
-        if type(obj).__name__ in ("JITFunction", "Autotuner", "Heuristics") and not mod.startswith(("effilab", "triton")):
-            inner = obj
-            while hasattr(inner, "fn") and type(inner).__name__ != "JITFunction":
-                inner = inner.fn
-            names.add(getattr(inner, "__name__", "") or getattr(getattr(inner, "fn", None), "__name__", ""))
-    return {n for n in names if n}
-
-
-def reference_kernel_names() -> set[str]:
-    """Names of every Triton kernel in effilab's own modules (the student may not time those)."""
-    import importlib
-    import pkgutil
-
-    names = set()
-    try:
-        import effilab.ops as ops
-    except Exception:
-        return names
-    for info in pkgutil.iter_modules(ops.__path__, "effilab.ops."):
-        try:
-            mod = importlib.import_module(info.name)
-        except Exception:
-            continue
-        for obj in vars(mod).values():
-            if type(obj).__name__ == "JITFunction" and getattr(obj, "__module__", "").startswith("effilab"):
-                names.add(obj.__name__)
-    return names
-
-
-def launched_kernels(call: Callable) -> list[str]:
-    """CUDA kernel names launched by one ``call()`` (torch.profiler), in order, without duplicates."""
-    from torch.profiler import ProfilerActivity, profile
-
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        call()
-        torch.cuda.synchronize()
-    seen: dict[str, None] = {}
-    for evt in prof.events():
-        if getattr(evt, "device_type", None) is not None and "CUDA" in str(evt.device_type):
-            seen.setdefault(evt.name, None)
-    return list(seen)
-
-
-NOISE_BAND = 0.05  # a speed ratio within ±5% of its threshold is measured again
-WALL_SLACK = 1.5  # device-wide wall time may exceed the timed stream's median by this factor (launch gaps)
-_perf_counter = time.perf_counter  # captured before any student code runs
-
-
-def _mutating_call(fn: Callable, args: tuple):
-    """A no-argument call of ``fn(*args)`` that first sets one element of ``args[0]`` to a value drawn
-    from ``args[0]`` itself (so the input keeps its distribution); returns (call, holder of the last output)."""
-    holder: dict = {}
-    x = args[0] if args and isinstance(args[0], torch.Tensor) and args[0].is_contiguous() and args[0].numel() else None
-    if x is None or not x.dtype.is_floating_point:
-        def plain():
-            holder["out"] = fn(*args)
-        return plain, holder
-    flat = x.view(-1)
-    g = torch.Generator(device="cpu").manual_seed(1234)
-    pool = flat[torch.randint(0, flat.numel(), (997,), generator=g).to(flat.device)].clone()
-    where = torch.randint(0, flat.numel(), (997,), generator=g).tolist()
-    state = {"k": 0}
-
-    def call():
-        k = state["k"] = state["k"] + 1
-        flat[where[k % 997]] = pool[(k * 7) % 997]
-        holder["out"] = fn(*args)
-    return call, holder
-
-
-def _wall_ms(fn: Callable, args: tuple, n: int = 10) -> float:
-    torch.cuda.synchronize()
-    t0 = _perf_counter()
-    for _ in range(n):
-        fn(*args)
-    torch.cuda.synchronize()
-    return (_perf_counter() - t0) / n * 1e3
-
-
-def speed_verdict(ex: "Exercise", fn: Callable, *, baseline: Callable, args: tuple, threshold: float,
-                  gate: Case | None = None, bytes_moved: int | None = None, flops: float | None = None,
-                  baseline_name: str = "baseline", require_own_triton: bool = True, advice: str = "",
-                  fresh_gate: Case | None = None) -> Verdict:
-    """Time ``fn(*args)`` against ``baseline(*args)`` on a CUDA GPU and award the speed points.
-
-    1. On a CPU: no points, and a note saying so.
-    2. ``gate``: the output on the timed input must be correct (``ex.run_case``) — speed only counts
-       for a correct answer.
-    3. Provenance: the timed call must launch one of the student's own ``@triton.jit`` kernels and
-       none of effilab's reference kernels (torch.profiler kernel names).
-    4. Both are timed in the same process, interleaved (:func:`effilab.bench.compare`: CUDA events,
-       warm-up, L2 flush, medians); full points when median(baseline) / median(yours) ≥ threshold.
-    The medians, spread, ratio and throughput are kept in ``Verdict.details`` (stored with the grade).
-    """
-    points = float(ex.points.get("speed", 0.0))
-    v = Verdict(ex.name, "speed", 0.0, points)
-    if not torch.cuda.is_available():
-        v.notes.append(f"speed: {NOT_ON_CPU}. On a GPU yours must be ≥ {threshold:g}× faster than {baseline_name}.")
-        return v
-    from .. import bench
-
-    if gate is not None:
-        problem = ex.run_case(fn, gate)
-        if problem is not None:
-            v.notes.append("not timed: your code is not correct on the timed input — " + problem)
-            return v
-    if require_own_triton:
-        own = student_kernel_names(fn)
-        ran = launched_kernels(lambda: fn(*args))
-        forbidden = sorted(set(ran) & reference_kernel_names())
-        v.details["kernels"] = ran[:20]
-        if forbidden:
-            v.notes.append(f"not timed: your code launches effilab's reference kernel(s) {forbidden}; write your own")
-            return v
-        if not any(any(name == k or k.startswith(name) for k in ran) for name in own):
-            v.notes.append("not timed: the timed call does not launch a Triton kernel defined in your notebook "
-                           f"(launched: {', '.join(ran[:6]) or 'nothing'}; yours: {', '.join(sorted(own)) or 'none found'})")
-            return v
-    # Timed in rounds; a ratio inside the noise band around the threshold is measured again (at most
-    # twice more) and the median ratio decides: a clear pass, a clear fail, or a re-measured verdict.
-    # Each timed call first changes one element of the input (values drawn from the input itself), and
-    # the output of the last timed call is checked against the input it was given: a result cached on
-    # the input's identity or replayed from an earlier call fails.
-    yours_call, last = _mutating_call(fn, args)
-    base_call, _ = _mutating_call(baseline, args)
-    ratios, cmp = [], None
-    for attempt in range(3):
-        cmp = bench.compare({"yours": yours_call, baseline_name: base_call})
-        ratios.append(cmp.ratio(baseline_name, "yours"))
-        if abs(statistics.median(ratios) / threshold - 1) > NOISE_BAND:
-            break
-    ratio = statistics.median(ratios)
-    t = cmp.timings["yours"]
-    # Work hidden on a side stream escapes the CUDA events of the current stream: compare with
-    # device-wide wall time (synchronize, then the host clock captured before the student's code ran).
-    wall = _wall_ms(fn, args)
-    if wall > WALL_SLACK * t.median_ms + 0.02:
-        v.notes.append(f"your call takes {wall:.3f} ms of device-wide wall time but {t.median_ms:.3f} ms on the "
-                       "timed stream (work on another stream?): the wall time counts")
-        ratio = min(ratio, cmp.timings[baseline_name].median_ms / wall)
-    same_input = gate is not None and len(gate.args) == len(args) and all(a is b for a, b in zip(gate.args, args))
-    if same_input and "out" in last:
-        problem = ex.compare(last["out"], Case("the last timed call", args, dict(gate.kwargs), dict(gate.meta)))
-        if problem is not None:
-            v.notes.append("the output of a timed call was wrong for the input it was given (results cached or "
-                           "replayed across calls do not count): " + problem)
-            return v
-    # Fresh input after timing: a result cached on the timed input (identity or values) fails here.
-    if fresh_gate is not None:
-        problem = ex.run_case(fn, fresh_gate)
-        if problem is not None:
-            v.notes.append("after timing, your code gave a wrong answer on a fresh input (cached results do not "
-                           "count): " + problem)
-            return v
-    tp = bench.throughput(t.median_ms, bytes=bytes_moved, flops=flops)
-    v.details.update({"ratio": ratio, "ratios": ratios, "wall_ms": wall, "yours_ms": t.median_ms,
-                      "baseline_ms": cmp.timings[baseline_name].median_ms,
-                      "yours_spread": t.spread, "baseline_spread": cmp.timings[baseline_name].spread,
-                      "gbs": tp.gbs, "tflops": tp.tflops, "threshold": threshold})
-    v.notes.append(cmp.table())
-    v.notes.append(f"yours: {tp}")
-    if ratio >= threshold:
-        v.points = points
-        v.notes.append(f"speed-up {ratio:.2f}× ≥ {threshold:g}×: full points")
-    else:
-        v.notes.append(f"speed-up {ratio:.2f}× < {threshold:g}×" + (f": {advice}" if advice else ""))
-    return v
-
-
-def score_fraction(passed: Iterable[bool]) -> float:
-    passed = list(passed)
-    return sum(passed) / len(passed) if passed else 0.0
-
-
-def isclose_points(a: float, b: float) -> bool:
-    return math.isclose(a, b, abs_tol=1e-6)

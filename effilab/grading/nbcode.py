@@ -14,7 +14,7 @@ from typing import Callable
 
 import nbformat
 
-__all__ = ["load_notebook", "code_cells", "exec_cells", "solution_namespace"]
+__all__ = ["load_notebook", "code_cells", "exec_cells", "solution_namespace", "strip_magics"]
 
 _counter = itertools.count()
 
@@ -41,7 +41,7 @@ def code_cells(nb, select: Callable | None = None) -> list[tuple[int, str]]:
     return [(i, c.source) for i, c in enumerate(nb.cells) if c.cell_type == "code" and select(c)]
 
 
-def _strip_magics(src: str) -> str:
+def strip_magics(src: str) -> str:
     """Drop IPython-only lines (``%magic``, ``!shell``) so plain Python can run the cell."""
     return "\n".join("" if ln.lstrip().startswith(("%", "!")) else ln for ln in src.splitlines())
 
@@ -50,14 +50,29 @@ def exec_cells(cells: list[tuple[int, str]], namespace: dict | None = None, labe
     """Execute cell sources in order in ``namespace`` (a fresh ``__main__``-like dict by default)."""
     ns = namespace if namespace is not None else {"__name__": "__main__"}
     for idx, src in cells:
-        src = _strip_magics(src)
+        src = strip_magics(src)
         fname = f"<{label} cell {idx} #{next(_counter)}>"
         linecache.cache[fname] = (len(src), None, src.splitlines(True), fname)
         exec(compile(src, fname, "exec"), ns)
     return ns
 
 
-def solution_namespace(path: str | Path) -> dict:
-    """The names defined by the setup and solution cells of a source notebook (``solutions/NN_*.ipynb``)."""
+def solution_namespace(path: str | Path, replace: dict[str, tuple[str, str]] | None = None) -> dict:
+    """The names defined by the setup and solution cells of a source notebook (``solutions/NN_*.ipynb``).
+
+    ``replace`` = {grade id: (old, new)} changes the text of solution cells first (each ``old``
+    must occur): the reference solution with one classic mistake put in."""
     nb = load_notebook(path)
-    return exec_cells(code_cells(nb), label=Path(path).stem)
+    replace = dict(replace or {})
+    cells = []
+    for i, src in code_cells(nb):
+        gid = _meta(nb.cells[i]).get("grade_id")
+        if gid in replace:
+            old, new = replace.pop(gid)
+            if old not in src:
+                raise ValueError(f"{old!r} is not in the cell {gid} of {Path(path).name}")
+            src = src.replace(old, new)
+        cells.append((i, src))
+    if replace:
+        raise ValueError(f"no solution cell {sorted(replace)} in {Path(path).name}")
+    return exec_cells(cells, label=Path(path).stem)

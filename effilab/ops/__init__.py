@@ -10,8 +10,9 @@ Public worked examples (in every edition):
 * ``layer_norm``   LayerNorm, forward + backward                           (layernorm.py)
 * ``cuda_rms_norm`` RMSNorm forward as CUDA C++, three versions, built lazily (cuda_rmsnorm.py)
 
-Exercise solutions (instructor edition only; absent from the student edition, hence the guarded
-imports below):
+Exercise solutions (instructor edition only): every module of this package whose file carries the
+``# effilab: instructor-only`` marker (:mod:`effilab.grading.instructor`). The student edition
+leaves those files out; each one lists in ``__ops__`` the names it adds to this package:
 
 * ``rms_norm``         RMSNorm, forward + backward                         (rmsnorm.py)
 * ``swiglu``, ``swiglu_packed``  SwiGLU activation, forward + backward     (swiglu.py)
@@ -35,30 +36,18 @@ __all__ = [
     "rms_norm_cpu",
 ]
 
-try:
-    from .rmsnorm import rms_norm, rms_norm_reference
 
-    __all__ += ["rms_norm", "rms_norm_reference"]
-except ImportError:  # student edition
-    pass
+def _import_instructor_modules() -> None:
+    """Import the instructor-only modules this edition ships and re-export their ``__ops__``."""
+    import importlib
 
-try:
-    from .swiglu import swiglu, swiglu_packed, swiglu_reference
+    from ..grading.instructor import present_instructor_modules
 
-    __all__ += ["swiglu", "swiglu_packed", "swiglu_reference"]
-except ImportError:
-    pass
+    for name in present_instructor_modules(__name__):
+        mod = importlib.import_module(name)
+        for attr in getattr(mod, "__ops__", ()):
+            globals()[attr] = getattr(mod, attr)
+            __all__.append(attr)
 
-try:
-    from .cross_entropy import cross_entropy, cross_entropy_reference
 
-    __all__ += ["cross_entropy", "cross_entropy_reference"]
-except ImportError:
-    pass
-
-try:
-    from .flash_attention import attention_reference, flash_attention
-
-    __all__ += ["flash_attention", "attention_reference"]
-except ImportError:
-    pass
+_import_instructor_modules()

@@ -40,6 +40,7 @@ import triton.language as tl
 from ._utils import is_interpreter, next_power_of_2
 
 __all__ = ["cross_entropy_reference", "cross_entropy", "CrossEntropyFunction", "CONFIGS"]
+__ops__ = ("cross_entropy", "cross_entropy_reference")  # added to effilab.ops (see effilab/ops/__init__.py)
 
 
 # ---------------------------------------------------------------------------------------------

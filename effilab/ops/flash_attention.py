@@ -63,6 +63,7 @@ __all__ = [
     "default_config",
     "tma_available",
 ]
+__ops__ = ("flash_attention", "attention_reference")  # added to effilab.ops (see effilab/ops/__init__.py)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import triton.language as tl
 from ._utils import as_2d_rows, is_interpreter, next_power_of_2, num_sms, warps_for_row
 
 __all__ = ["rms_norm_reference", "rms_norm", "RMSNormFunction", "MAX_COLS"]
+__ops__ = ("rms_norm", "rms_norm_reference")  # added to effilab.ops (see effilab/ops/__init__.py)
 
 MAX_COLS = 65536  # one row tile must fit in registers
 

@@ -34,6 +34,7 @@ import triton.language as tl
 from ._utils import is_interpreter, next_power_of_2
 
 __all__ = ["swiglu_reference", "swiglu", "swiglu_packed", "SwiGLUFunction", "SwiGLUPackedFunction"]
+__ops__ = ("swiglu", "swiglu_packed", "swiglu_reference")  # added to effilab.ops (see effilab/ops/__init__.py)
 
 
 # ---------------------------------------------------------------------------------------------

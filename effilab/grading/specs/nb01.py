@@ -19,7 +19,9 @@ import torch
 
 from ...formats import FORMATS, FloatFormat, ValueClass, bf16_neighbours, bit_patterns, bits_of, from_bits
 from ..compare import compare_tensors, format_value
-from ..core import Case, Exercise, Group, case_seeds, default_device, register, speed_verdict
+from ..calls import Problem, call_student
+from ..core import Case, Exercise, Group, case_seeds, default_device, register
+from ..measure import SpeedPart
 
 NOTEBOOK = "01_float_formats"
 
@@ -64,19 +66,19 @@ class Decompose(Exercise):
     points = {"correctness": 3.0}
     signature = "decompose(x: torch.Tensor, fmt: FloatFormat) -> (sign, exponent, significand, value_class)"
 
-    def groups(self, suite, seed):
+    def cases(self, suite, key):
         out = []
         for fi, f in enumerate(FORMATS.values()):
             for gname, classes in _CLASS_GROUPS.items():
                 cases = []
-                for s in case_seeds(suite, seed):
+                for s in case_seeds(suite, key):
                     x = bit_patterns(f, n=100_000, seed=s * 31 + fi)
                     cases.append(Case(f"{f.name}, seed {s}, {x.numel()} bit patterns", (x, f),
                                       meta={"fmt": f, "classes": classes}))
                 out.append(Group(f"{f.name}: {gname}", cases, hint=_decompose_hint(f, gname)))
         return out
 
-    def compare(self, out, case):
+    def judge(self, out, case, expected=None):
         x, f = case.args
         if not isinstance(out, (tuple, list)) or len(out) != 4:
             return ("return a tuple of four tensors (sign, exponent, significand, value_class); "
@@ -192,16 +194,16 @@ class RoundToBF16(Exercise):
                                                             "(work on x.view(torch.int32), keep x's shape)"),
     ]
 
-    def groups(self, suite, seed):
+    def cases(self, suite, key):
         out = []
         for gname, kind, hint in self._GROUPS:
             shape = (1823, 781) if kind == "any" else (4099,)
             cases = [Case(f"{kind} inputs, seed {s}, shape {shape}", (_round_inputs(kind, s, shape),))
-                     for s in case_seeds(suite, seed)]
+                     for s in case_seeds(suite, key)]
             out.append(Group(gname, cases, hint))
         return out
 
-    def compare(self, out, case):
+    def judge(self, out, case, expected=None):
         (x,) = case.args
         expected = x.to(torch.bfloat16)
         flat_x = x.reshape(-1)
@@ -227,11 +229,13 @@ SR_SPEED_N = 1 << 28  # 256 Mi fp32 elements: 1 GiB in, 512 MiB out (launch over
 
 def _sr_values(s: int, shape, device) -> torch.Tensor:
     """Random fp32 values of all magnitudes and both signs, a few bf16-exact ones, zeros, infs, NaN."""
-    g = torch.Generator().manual_seed(s)
+    dev = torch.device(device)
+    on = dev if dev.type == "cuda" else torch.device("cpu")  # GPU-sized inputs are drawn on the GPU
+    g = torch.Generator(device=on).manual_seed(s)
     n = math.prod(shape)
-    x = torch.randn(n, generator=g) * torch.exp2(torch.randint(-40, 40, (n,), generator=g).float())
+    x = torch.randn(n, generator=g, device=on) * torch.exp2(torch.randint(-40, 40, (n,), generator=g, device=on).float())
     x[: min(n, 8)] = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), 1.0, -3.0, 1e-40, 3.3e38])[: min(n, 8)]
-    return x.reshape(shape).to(device)
+    return x.reshape(shape).to(dev)
 
 
 def _unbiased_values(s: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -252,10 +256,11 @@ class StochasticRoundBF16(Exercise):
     points = {"correctness": 3.0, "speed": 2.0}
     signature = "stochastic_round_bf16(x: torch.Tensor[float32], seed: int) -> torch.Tensor[bfloat16]"
     forbidden = ("effilab.formats.stochastic_round_bf16_torch",)
+    kernel = True
 
-    def groups(self, suite, seed):
+    def cases(self, suite, key):
         dev = default_device()
-        seeds = case_seeds(suite, seed)
+        seeds = case_seeds(suite, key)
         big = (1823, 781) if dev.type == "cuda" else (257, 129)
         neigh = [Case(f"seed {s}, shape {shp}", (_sr_values(s, shp, dev), s), meta={"check": "neighbours"})
                  for s, shp in zip(seeds, [big, (1000,), (3, 5, 7), (1,), (65537,)])]
@@ -277,8 +282,8 @@ class StochasticRoundBF16(Exercise):
             x = vals.repeat_interleave(reps).to(dev)
             unbiased.append(Case(f"seed {s}, {k} values × {reps} draws", (x, s),
                                  meta={"check": "unbiased", "vals": vals, "p": p, "reps": reps}))
-        seed_cases = [Case(f"seeds {s} and {s + 1}", (_sr_values(s, (4096,), dev), s), meta={"check": "seed"})
-                      for s in seeds]
+        seed_cases = [Case(f"seed {s}, called twice, then with the next seed", (_sr_values(s, (4096,), dev), s),
+                           meta={"check": "seed"}) for s in seeds]
         return [
             Group("only ever one of the two bf16 neighbours (odd shapes, all magnitudes)", neigh,
                   "add a random integer in [0, 2**16) to the fp32 bit pattern, then keep the high 16 bits"),
@@ -293,7 +298,7 @@ class StochasticRoundBF16(Exercise):
                   "draw the random numbers from tl.randint(seed, offsets) with the element's global offset"),
         ]
 
-    def compare(self, out, case):
+    def _judge_one(self, out, case):
         x, s = case.args
         if not isinstance(out, torch.Tensor):
             return f"return a torch.Tensor, got {type(out).__name__}"
@@ -304,7 +309,7 @@ class StochasticRoundBF16(Exercise):
         check = case.meta["check"]
         xc, oc = x.detach().cpu(), out.detach().cpu()
         ob = bits_of(oc)
-        if check in ("neighbours", "exact", "nan"):
+        if check in ("neighbours", "exact", "nan", "seed"):
             lo, hi = bf16_neighbours(xc)
             isnan = torch.isnan(xc)
             ok = ((ob == lo) | (ob == hi)) & ~isnan
@@ -334,37 +339,43 @@ class StochasticRoundBF16(Exercise):
                         f"{float(p[worst]):.4f}, yours is {float(ups[worst]) / reps:.4f} over {reps} draws "
                         f"(z = {float(z[worst]):.1f}, limit ±{zcrit:.2f})")
             return None
-        if check == "seed":
-            # the same seed must reproduce; the next seed must give another rounding somewhere
-            return None  # compared in run_case, which has the function
         raise AssertionError(check)
 
-    def run_case(self, fn, case):
-        problem = super().run_case(fn, case)
-        if problem is not None or case.meta["check"] != "seed":
-            return problem
+    def judge(self, out, case, expected=None):
+        if case.meta["check"] == "seed":
+            return self._judge_seed(out, case)
+        return self._judge_one(out, case)
+
+    def run(self, fn, case):
+        if case.meta["check"] != "seed":
+            return super().run(fn, case)
         x, s = case.args
-        try:
-            a, b, c = fn(x.clone(), s), fn(x.clone(), s), fn(x.clone(), s + 1)
-        except Exception as exc:  # reported, like any failure of the student's code
-            return f"{case.label}: your function raised {type(exc).__name__}: {exc}"
-        if not torch.equal(bits_of(a.cpu()), bits_of(b.cpu())):
-            return f"{case.label}: two calls with seed {s} gave different results; the seed must make runs reproducible"
-        if torch.equal(bits_of(a.cpu()), bits_of(c.cpu())):
-            return f"{case.label}: seeds {s} and {s + 1} gave identical results; the randomness must depend on the seed"
+        outs = [call_student(fn, (x, seed)) for seed in (s, s, s + 1)]
+        bad = [o for o in outs if isinstance(o, Problem)]
+        return bad[0] if bad else tuple(outs)
+
+    def _judge_seed(self, out, case):
+        x, s = case.args
+        problem = self._judge_one(out[0], Case(case.label, case.args, meta={"check": "neighbours"}))
+        if problem:
+            return problem
+        a, b, c = (bits_of(o.cpu()) for o in out)
+        if not torch.equal(a, b):
+            return "two calls with the same seed gave different results; the seed must make runs reproducible"
+        if torch.equal(a, c):
+            return "the next seed gave identical results; the randomness must depend on the seed"
         return None
 
-    def speed(self, fn, seed):
+    def speed_part(self, key):
         from ...formats import stochastic_round_bf16_torch
 
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
-        x = _sr_values(case_seeds("hidden", seed)[0], (SR_SPEED_N,), dev) if dev == "cuda" else None
-        return speed_verdict(
-            self, fn, baseline=stochastic_round_bf16_torch, args=(x, 7), threshold=SR_SPEED_THRESHOLD,
-            gate=Case("the timed input (2^28 values)", (x, 7), meta={"check": "neighbours"}),
-            fresh_gate=Case("a fresh input after timing", (_sr_values(seed + 99, (SR_SPEED_N,), dev), 8),
-                            meta={"check": "neighbours"}) if dev == "cuda" else None,
+        s = key.derive("speed")
+        return SpeedPart(
+            inputs=lambda: (_sr_values(s, (SR_SPEED_N,), "cuda"), 7), baseline=stochastic_round_bf16_torch,
+            threshold=SR_SPEED_THRESHOLD, gate_label="the timed input (2^28 values)", meta={"check": "neighbours"},
+            fresh=lambda: (_sr_values(s + 99, (SR_SPEED_N,), "cuda"), 8), own_kernels=True,
             bytes_moved=SR_SPEED_N * (4 + 2), baseline_name="eager PyTorch",
+            cpu_note=f"On a GPU yours must be ≥ {SR_SPEED_THRESHOLD:g}× faster than eager PyTorch on 2^28 values.",
             advice="one fused pass should read 4 B and write 2 B per element; avoid extra torch ops around "
                    "the kernel and use BLOCK ≥ 1024")
 
@@ -420,9 +431,9 @@ def expected_max_safe_loss_scale(g: torch.Tensor) -> float:
 class _ScalarExercise(Exercise):
     notebook = NOTEBOOK
 
-    def groups(self, suite, seed):
+    def cases(self, suite, key):
         cases = [Case(f"{kind} gradients, seed {s}", (_gradients(s, kind),), meta={"kind": kind})
-                 for kind in _GRAD_KINDS for s in case_seeds(suite, seed)]
+                 for kind in _GRAD_KINDS for s in case_seeds(suite, key)]
         by_kind = {}
         for c in cases:
             by_kind.setdefault(c.meta["kind"], []).append(c)
@@ -447,7 +458,7 @@ class UnderflowFraction(_ScalarExercise):
     hint = ("count the elements that are non-zero in fp32 but exactly 0 after .to(torch.float16), "
             "divide by the number of non-zero elements (exact zeros are not underflow)")
 
-    def compare(self, out, case):
+    def judge(self, out, case, expected=None):
         try:
             y = self._as_float(out)
         except TypeError as e:
@@ -467,7 +478,7 @@ class MaxSafeLossScale(_ScalarExercise):
     hint = ("find the largest integer k such that (grads * 2.0**k).to(torch.float16) has no inf: fp16's "
             "largest finite value is 65504 and anything ≥ 65520 rounds to inf; k may be negative")
 
-    def compare(self, out, case):
+    def judge(self, out, case, expected=None):
         try:
             y = self._as_float(out)
         except TypeError as e:

@@ -20,8 +20,9 @@ import math
 
 import torch
 
-from ..core import (Case, Exercise, Group, case_seeds, default_device, describe_exception, one_thread,
-                    poisoned_allocations, register, speed_verdict)
+from ..calls import Problem, one_thread, poisoned_allocations, student_error
+from ..core import Case, Exercise, Group, case_seeds, default_device, register
+from ..measure import SpeedPart
 
 NOTEBOOK = "02_mixed_precision"
 
@@ -43,13 +44,12 @@ SPEED_PRESET, SPEED_BATCH = "gpu-real", 16
 
 
 def _student_call(label: str, f, *a, **k):
-    """Call the student's code; (result, None) or (None, message with hint)."""
+    """Call the student's code; (result, None) or (None, Problem)."""
     try:
         with poisoned_allocations():
             return f(*a, **k), None
     except Exception as exc:  # the student's bug, reported, never raised
-        msg, hint = describe_exception(exc)
-        return None, f"{label}: {msg}\nhint: {hint}"
+        return None, student_error(exc, label)
 
 
 # ==============================================================================================
@@ -120,8 +120,9 @@ def run_scaler_script(make_scaler, script: dict, call=None) -> tuple[list[dict],
         if err:
             return trace, {"error": err}
         if not isinstance(scaled, torch.Tensor) or not scaled.requires_grad:
-            return trace, {"error": f"step {t}: scale(loss) must return a tensor that backward() can be called on "
-                                    f"(got {type(scaled).__name__})\nhint: return loss * self.get_scale()"}
+            return trace, {"error": Problem(f"step {t}: scale(loss) must return a tensor that backward() can be "
+                                            f"called on (got {type(scaled).__name__})",
+                                            "return loss * self.get_scale()")}
         scaled.backward()
         if inj is not None:
             pi = int(torch.randint(0, len(params), (1,), generator=g))
@@ -188,11 +189,11 @@ class DynamicLossScalerExercise(Exercise):
          "'_growth_tracker': int} — the keys torch.amp.GradScaler.state_dict() uses"),
     ]
 
-    def groups(self, suite, seed):
+    def cases(self, suite, key):
         out = []
         for check, kind, gname, hint in self._GROUPS:
             cases = []
-            for i, s in enumerate(case_seeds(suite, seed)):
+            for i, s in enumerate(case_seeds(suite, key)):
                 k = kind if kind != "mixed" else ("overflow" if i % 2 else "clean")
                 script = _scaler_script(k, s * 10 + ("scale", "skip", "grads", "state").index(check))
                 kw = script["kwargs"]
@@ -204,25 +205,21 @@ class DynamicLossScalerExercise(Exercise):
             out.append(Group(gname, cases, hint))
         return out
 
-    def run_case(self, fn, case):
-        with one_thread():
-            return self._run_case(fn, case)
-
-    def _run_case(self, fn, case):
+    def run(self, fn, case):
+        """Drive the student's scaler through the script; its trace as plain data (or a Problem)."""
         (script,) = case.args
-        mine, sd = run_scaler_script(fn, script, call=_student_call)
-        if isinstance(sd, dict) and set(sd) == {"error"} and isinstance(sd["error"], str):
+        with one_thread():
+            mine, sd = run_scaler_script(fn, script, call=_student_call)
+        if isinstance(sd, dict) and set(sd) == {"error"}:
             return sd["error"]  # the student's scaler raised: already a full message
-        # the output is plain data (tensors, floats, bools): the grader may compare it in another process
-        out = {"trace": [{k: r[k] for k in ("inject", "scale_before", "scale", "skipped", "params", "grads")}
-                         for r in mine], "state": sd}
-        try:
-            problem = self.compare(out, case)
-        except Exception as exc:  # a malformed output the comparer could not handle
-            problem = f"could not compare your scaler's behaviour ({type(exc).__name__}: {exc})"
-        return None if problem is None else f"{case.label}: {problem}"
+        if not isinstance(sd, dict) or not all(isinstance(k, str) and not k.startswith("__") for k in sd):
+            return Problem(f"state_dict() returned {type(sd).__name__}, expected a dict with string keys",
+                           "return a dict like torch.amp.GradScaler.state_dict()'s")
+        sd = {k: (v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v) for k, v in sd.items()}
+        return {"trace": [{k: r[k] for k in ("inject", "scale_before", "scale", "skipped", "params", "grads")}
+                          for r in mine], "state": sd}
 
-    def compare(self, out, case):
+    def judge(self, out, case, expected=None):
         """``out``: the trace of the student's scaler; the expected one is GradScaler's on the same script."""
         mine, sd = out["trace"], out["state"]
         theirs, ref_sd = run_scaler_script(_reference_scaler, case.args[0])
@@ -320,22 +317,23 @@ class MixedPrecisionTrainerExercise(Exercise):
     ]
     STEPS = 6
 
-    def groups(self, suite, seed):
+    def cases(self, suite, key):
         out = []
         for gname, dtype, scaler_kw, hint in self._GROUPS:
             cases = [Case(f"seed {s}: tiny GPT, {str(dtype)[6:]} copy, {self.STEPS} "
                           f"steps of SGD(lr=0.1, momentum=0.9), max_norm 1.0"
                           + (f", GradScaler(init_scale={scaler_kw['init_scale']:g})" if scaler_kw else ""),
                           (s,), meta={"dtype": dtype, "scaler": scaler_kw})
-                     for s in case_seeds(suite, seed)]
+                     for s in case_seeds(suite, key)]
             out.append(Group(gname, cases, hint))
         return out
 
-    def run_case(self, fn, case):
+    def run(self, fn, case):
         with one_thread():
-            return self._run_case(fn, case)
+            return self._run(fn, case)
 
-    def _run_case(self, fn, case):
+    def _run(self, fn, case):
+        """Train with the student's trainer; which steps were skipped and the final master weights."""
         (s,) = case.args
         dtype, scaler_kw = case.meta["dtype"], case.meta["scaler"]
         model = _mp_model(s)
@@ -351,23 +349,17 @@ class MixedPrecisionTrainerExercise(Exercise):
             before = scaler.get_scale() if scaler else None
             _, err = _student_call(f"step {t}: trainer.step(batch)", trainer.step, tuple(b.clone() for b in batch))
             if err:
-                return f"{case.label}: {err}"
+                return err
             skipped.append(bool(scaler is not None and scaler.get_scale() < before))
             masters, err = _student_call(f"step {t}: trainer.master_params()", trainer.master_params)
             if err:
-                return f"{case.label}: {err}"
+                return err
             problem = self._check_state(trainer, masters, dtype, len(w0), t, names)
             if problem:
-                return f"{case.label}: {problem}"
-        # plain data: the grader may compare it in another process
-        out = {"skipped": skipped, "masters": [m.detach().clone() for m in masters]}
-        try:
-            problem = self.compare(out, case)
-        except Exception as exc:
-            problem = f"could not compare your master weights ({type(exc).__name__}: {exc})"
-        return None if problem is None else f"{case.label}: {problem}"
+                return Problem(problem)
+        return {"skipped": skipped, "masters": [m.detach().clone() for m in masters]}
 
-    def compare(self, out, case):
+    def judge(self, out, case, expected=None):
         """The student's final master weights against the fp32 trajectory (which skips the same steps)."""
         (s,) = case.args
         dtype = case.meta["dtype"]
@@ -464,14 +456,13 @@ def _adamw(model):
 @register
 class BF16TrainStep(Exercise):
     name = "bf16_train_step"
-    decided_in_worker = True
     notebook = NOTEBOOK
     title = "A bf16 autocast training step, faster than fp32"
     points = {"correctness": 1.0, "speed": 2.0}
     signature = "bf16_train_step(model, optimizer, batch) -> loss (a detached 0-dim tensor)"
 
-    def groups(self, suite, seed):
-        seeds = case_seeds(suite, seed)
+    def cases(self, suite, key):
+        seeds = case_seeds(suite, key)
         return [
             Group("the forward runs under torch.autocast(dtype=torch.bfloat16); weights stay fp32",
                   [Case(f"seed {s}: cpu-tiny GPT, batch 4×64", (s,), meta={"check": "autocast"}) for s in seeds],
@@ -483,59 +474,65 @@ class BF16TrainStep(Exercise):
                   "optimizer.step(), return loss.detach()"),
         ]
 
-    def run_case(self, fn, case):
+    def run(self, fn, case):
         with one_thread():
-            return self._run_case(fn, case)
+            return self._run(fn, case)
 
-    def _run_case(self, fn, case):
+    def _run(self, fn, case):
+        """One step of the student's on a fresh model: what autocast looked like inside the forward,
+        the parameters' dtypes, the returned loss and the parameters after the step."""
         (s,) = case.args
         dev = default_device()
         model, batch = _step_case(s, dev)
         opt = _adamw(model)
         seen = []
         hook = model.register_forward_pre_hook(
-            lambda m, a: seen.append((bool(torch.is_autocast_enabled(dev.type)), str(torch.get_autocast_dtype(dev.type)))))
+            lambda m, a: seen.append([bool(torch.is_autocast_enabled(dev.type)), str(torch.get_autocast_dtype(dev.type))]))
         try:
             loss, err = _student_call("bf16_train_step(model, optimizer, batch)", fn, model, opt, batch)
         finally:
             hook.remove()
         if err:
-            return f"{case.label}: {err}"
-        if case.meta["check"] == "autocast":
-            if not seen:
-                return f"{case.label}: your step never called the model"
-            if not all(on and dt == str(torch.bfloat16) for on, dt in seen):
-                return f"{case.label}: the model ran without bf16 autocast (autocast on: {seen[0][0]}, dtype {seen[0][1]})"
-            bad = [n for n, p in model.named_parameters() if p.dtype != torch.float32]
-            if bad:
-                return f"{case.label}: parameters {bad[:3]} are no longer float32; autocast keeps the weights fp32"
-            return None
-        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-            return f"{case.label}: return the loss as a 0-dim tensor (got {type(loss).__name__})"
-        if loss.requires_grad:
-            return f"{case.label}: return loss.detach() (yours still holds the autograd graph)"
-        for n, p in model.named_parameters():
-            if p.dtype != torch.float32:
-                return (f"{case.label}: after your step {n} is {p.dtype}, not float32: training 16-bit weights "
-                        "directly has no fp32 master copy; autocast keeps the weights fp32")
-        out = {"loss": loss.detach().float().reshape(()), "params": [p.detach().clone() for p in model.parameters()]}
-        try:
-            problem = self.compare(out, case)
-        except Exception as exc:
-            problem = f"could not compare your step ({type(exc).__name__}: {exc})"
-        return None if problem is None else f"{case.label}: {problem}"
+            return err
+        return {"seen": seen[:8], "dtypes": [[n, str(p.dtype)] for n, p in model.named_parameters()],
+                "loss": loss.detach() if isinstance(loss, torch.Tensor) else repr(type(loss).__name__),
+                "loss_grad": bool(getattr(loss, "requires_grad", False)),
+                "params": [p.detach().clone() for p in model.parameters()]}
 
-    def compare(self, out, case):
-        """Loss and parameters after the student's step against the reference bf16 step (same device)."""
+    def expect(self, case):
+        """The reference bf16 step on the grading device (bf16 kernels differ between devices)."""
+        if case.meta["check"] != "step":
+            return None
         (s,) = case.args
         ref, batch = _step_case(s, default_device())
-        ref_loss = reference_bf16_train_step(ref, _adamw(ref), batch)
+        loss = reference_bf16_train_step(ref, _adamw(ref), batch)
+        return {"loss": float(loss), "params": [p.detach().float().cpu() for p in ref.parameters()],
+                "names": [n for n, _ in ref.named_parameters()]}
+
+    def judge(self, out, case, expected=None):
+        bad = [n for n, dt in out["dtypes"] if dt != str(torch.float32)]
+        if case.meta["check"] == "autocast":
+            seen = out["seen"]
+            if not seen:
+                return "your step never called the model"
+            if not all(on and dt == str(torch.bfloat16) for on, dt in seen):
+                return f"the model ran without bf16 autocast (autocast on: {seen[0][0]}, dtype {seen[0][1]})"
+            if bad:
+                return f"parameters {bad[:3]} are no longer float32; autocast keeps the weights fp32"
+            return None
         loss = out["loss"]
-        if not math.isclose(float(loss), float(ref_loss), rel_tol=1e-3):
-            return f"loss {float(loss):.6f}, expected {float(ref_loss):.6f}"
-        names = [n for n, _ in ref.named_parameters()]
-        for n, p, r in zip(names, out["params"], ref.parameters()):
-            p, r = p.float().cpu(), r.detach().float().cpu()
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            return f"return the loss as a 0-dim tensor (got {loss if isinstance(loss, str) else type(loss).__name__})"
+        if out["loss_grad"]:
+            return "return loss.detach() (yours still holds the autograd graph)"
+        if bad:
+            return (f"after your step {bad[0]} is no longer float32: training 16-bit weights directly has no "
+                    "fp32 master copy; autocast keeps the weights fp32")
+        expected = expected or self.expect(case)
+        if not math.isclose(float(loss), expected["loss"], rel_tol=1e-3):
+            return f"loss {float(loss):.6f}, expected {expected['loss']:.6f}"
+        for n, p, r in zip(expected["names"], out["params"], expected["params"]):
+            p = p.float().cpu()
             # one AdamW step moves each weight by ≈ lr = 1e-3; GPU kernels may differ in the last bits,
             # which can flip the sign of a near-zero gradient: allow 0.1 % of elements off by < 2.5 lr
             off = (p - r).abs() > 2e-4 + 1e-4 * r.abs()
@@ -544,24 +541,25 @@ class BF16TrainStep(Exercise):
                         f"values (max |diff| {(p - r).abs().max().item():.3g}): one optimizer.step() after one backward")
         return None
 
-    def speed(self, fn, seed):
-        args = None
-        if torch.cuda.is_available():
-            from ...models import GPT, GPTConfig
-            from ...train import make_optimizer
+    def speed_part(self, key):
+        from ...models import GPT, GPTConfig
+        from ...train import make_optimizer
 
+        s = key.derive("speed")
+
+        def inputs():
             cfg = GPTConfig.preset(SPEED_PRESET)
             model = GPT(cfg, seed=0).cuda()
-            g = torch.Generator().manual_seed(seed)
+            g = torch.Generator().manual_seed(s)
             x = torch.randint(0, 256, (SPEED_BATCH, cfg.block_size + 1), generator=g).cuda()
-            args = (model, make_optimizer(model, lr=1e-4), (x[:, :-1].contiguous(), x[:, 1:].contiguous()))
-        tokens = SPEED_BATCH * 1024
-        flops = None
-        if args is not None:
-            flops = args[0].flops_per_token() * tokens
-        return speed_verdict(
-            self, fn, baseline=fp32_train_step, args=args or (), threshold=BF16_SPEED_THRESHOLD,
+            return model, make_optimizer(model, lr=1e-4), (x[:, :-1].contiguous(), x[:, 1:].contiguous())
+
+        return SpeedPart(
+            inputs=inputs, baseline=fp32_train_step, threshold=BF16_SPEED_THRESHOLD, mutate=False,
             gate=Case("seed 0: cpu-tiny GPT on the GPU, batch 4×64", (0,), meta={"check": "step"}),
-            flops=flops, baseline_name="fp32 step", require_own_triton=False,
+            flops=lambda args: args[0].flops_per_token() * SPEED_BATCH * args[0].config.block_size,
+            baseline_name="fp32 step",
+            cpu_note=f"On a GPU yours must be ≥ {BF16_SPEED_THRESHOLD:g}× faster than the fp32 step "
+                     f"({SPEED_PRESET}, batch {SPEED_BATCH}×1024).",
             advice="run only the forward under torch.autocast(dtype=torch.bfloat16), keep the model fp32, and "
                    "do not synchronise (.item(), float(loss)) inside the step")

@@ -22,11 +22,12 @@ from typing import Callable
 
 import torch
 
-from ...memory import _is_parameter, _storage_key, _storage_nbytes
 from ...models.gpt import GPT, GPTConfig
 from ..compare import compare_tensors
-from ..core import (NOT_ON_CPU, Case, Exercise, Group, Verdict, case_seeds, default_device, describe_exception,
-                    one_thread, register, speed_verdict)
+from ...memory import peak_saved_bytes, SavedTensorMeter  # noqa: F401  (re-exported: tests and nb04 use them)
+from ..calls import Problem, one_thread, student_error
+from ..core import Case, Exercise, Group, case_seeds, default_device, register
+from ..measure import MemoryPart, SpeedPart
 
 NOTEBOOK = "03_gradient_checkpointing"
 MEMORY_RATIO = 1 / 3  # peak activation memory with √L checkpointing / without, at L = 16
@@ -34,75 +35,6 @@ TIME_OVERHEAD = 0.40  # a checkpointed step may be at most 40 % slower (GPU)
 GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-7
 
 __all__ = ["one_thread", "peak_saved_bytes", "SavedTensorMeter", "reference_segments", "MEMORY_RATIO", "TIME_OVERHEAD"]
-
-
-# ==============================================================================================
-# Saved-tensor accounting over a whole training step (forward, backward and recomputation)
-# ==============================================================================================
-class _Packed:
-    __slots__ = ("t", "key", "meter", "__weakref__")
-
-    def __init__(self, t, key, meter):
-        self.t, self.key, self.meter = t, key, meter
-
-    def __del__(self):
-        self.meter._release(self.key)
-
-
-class SavedTensorMeter:
-    """Live bytes of the tensors autograd holds for backward, and their peak, over a whole step.
-
-    Every tensor an operation saves passes the pack hook: its storage is counted once while any
-    saved reference to it is alive; when autograd frees it (after the node's backward ran) the
-    count goes down. Recomputation inside a checkpoint's backward is counted too: its saved tensors
-    pass the same hooks. Parameters (and views of them) are not counted: they live anyway.
-    """
-
-    def __init__(self, model: torch.nn.Module | None = None):
-        self._params = {_storage_key(p) for p in model.parameters()} if model is not None else set()
-        self._live: dict = {}
-        self.current = 0
-        self.peak = 0
-
-    def pack(self, t: torch.Tensor):
-        if _is_parameter(t, self._params):
-            return t
-        key = _storage_key(t)
-        ent = self._live.get(key)
-        if ent is None:
-            ent = self._live[key] = [_storage_nbytes(t), 0]
-            self.current += ent[0]
-            self.peak = max(self.peak, self.current)
-        ent[1] += 1
-        return _Packed(t, key, self)
-
-    @staticmethod
-    def unpack(p):
-        return p.t if isinstance(p, _Packed) else p
-
-    def _release(self, key) -> None:
-        ent = self._live.get(key)
-        if ent is None:
-            return
-        ent[1] -= 1
-        if ent[1] == 0:
-            self.current -= ent[0]
-            del self._live[key]
-
-    def hooks(self):
-        return torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack)
-
-
-def peak_saved_bytes(step: Callable[[], object], model: torch.nn.Module | None = None) -> int:
-    """Peak bytes autograd keeps alive while ``step()`` runs (a forward and its backward).
-
-    The CPU stand-in for :func:`effilab.memory.peak_memory`: it counts saved activations only (no
-    temporaries, no gradients), including the ones a checkpoint's recomputation saves in backward.
-    """
-    meter = SavedTensorMeter(model)
-    with meter.hooks():
-        step()
-    return meter.peak
 
 
 # ==============================================================================================
@@ -176,14 +108,13 @@ def _with_blocks(model: GPT, run_blocks: Callable | None) -> GPT:
 @register
 class Checkpoint(Exercise):
     name = "checkpoint"
-    decided_in_worker = True
     notebook = NOTEBOOK
     title = "An own activation checkpoint (torch.autograd.Function), RNG-preserving"
     points = {"correctness": 4.0}
     signature = "checkpoint(fn, *args) -> fn(*args), recomputed in backward"
 
-    def groups(self, suite, seed):
-        seeds = case_seeds(suite, seed)
+    def cases(self, suite, key):
+        seeds = case_seeds(suite, key)
         shapes = [(4, 64), (3, 37), (2, 50), (5, 23), (1, 61)]
         layers = [2, 3, 2, 4, 3]
         plain = [Case(f"GPT {L} blocks, batch {B}×{T}, seed {s}", meta=dict(kind="gpt", dropout=0.0, s=s, B=B, T=T, L=L))
@@ -214,64 +145,76 @@ class Checkpoint(Exercise):
                   "ctx.save_for_backward may stay alive until backward"),
         ]
 
-    def run_case(self, fn, case):
-        try:
-            with one_thread():
-                problem = self._run(fn, case.meta)
-        except Exception as exc:  # the student's bug, reported, never raised
-            msg, hint = describe_exception(exc)
-            return f"{case.label}: {msg}\nhint: {hint}"
-        return None if problem is None else f"{case.label}: {problem}"
+    def run(self, fn, case):
+        with one_thread():
+            return self._run(fn, case.meta, use=True)
 
-    def _run(self, ckpt, m) -> str | None:
+    def expect(self, case):
+        """The same computation without checkpointing, on the grading device (dropout masks and
+        reduction orders are the device's)."""
+        with one_thread():
+            return self._run(None, case.meta, use=False)
+
+    def _run(self, ckpt, m, use: bool):
         dev = default_device()
         if m["kind"] == "multi":
             g = torch.Generator().manual_seed(m["s"])
-            a0 = torch.randn(7, 33, generator=g).to(dev)
-            w0 = torch.randn(33, 19, generator=g).to(dev)
+            a = torch.randn(7, 33, generator=g).to(dev).requires_grad_()
+            w = torch.randn(33, 19, generator=g).to(dev).requires_grad_()
             b = torch.randn(7, 19, generator=g).to(dev)
 
             def f(a, w, b):
                 return torch.nn.functional.gelu(a @ w) * b
 
-            res = []
-            for use in (False, True):
-                a, w = a0.clone().requires_grad_(), w0.clone().requires_grad_()
+            try:
                 out = ckpt(f, a, w, b) if use else f(a, w, b)
                 if not isinstance(out, torch.Tensor):
-                    return f"checkpoint(fn, *args) must return what fn returns (a tensor here), got {type(out).__name__}"
+                    return Problem("checkpoint(fn, *args) must return what fn returns (a tensor here), got "
+                                   f"{type(out).__name__}")
                 (out.square().sum()).backward()
-                res.append((out.detach(), a.grad, w.grad))
-            (o1, ga1, gw1), (o0, ga0, gw0) = res[1], res[0]
-            for nm, mine, ref in (("output", o1, o0), ("grad of a", ga1, ga0), ("grad of w", gw1, gw0)):
-                if mine is None:
-                    return f"{nm} is None: no gradient reached that input"
-                p = compare_tensors(mine, ref, rtol=GRAD_RTOL, atol=1e-6, name=nm, max_show=3)
-                if p:
-                    return p
-            return None
+            except Exception as exc:  # the student's bug, reported, never raised
+                return student_error(exc)
+            return {"output": out.detach(), "grad of a": a.grad, "grad of w": w.grad}
         cfg = GPTConfig.preset("cpu-tiny", n_layer=m["L"], dropout=m["dropout"])
         x, y = _batch(m["s"], m["B"], m["T"], dev)
         model = GPT(cfg, seed=m["s"]).to(dev).train()
-        if m["kind"] == "saved":
-            from ...memory import saved_activation_bytes
+        try:
+            if m["kind"] == "saved":
+                from ...memory import saved_activation_bytes
 
-            plain = saved_activation_bytes(lambda: model(x, y)[1], model=model)
-            model.set_block_wrapper(lambda block, h: ckpt(block, h))
-            mine = saved_activation_bytes(lambda: model(x, y)[1], model=model)
-            in_blocks = sum(v for k, v in plain.by_module.items() if k.startswith("blocks."))
-            outside = plain.total_bytes - in_blocks
-            inputs = m["L"] * m["B"] * m["T"] * cfg.n_embd * 4
-            allowed = outside + inputs + 4096
-            if mine.total_bytes > allowed:
-                return (f"{mine.total_bytes} bytes saved for backward with your checkpoint, at most {allowed} "
-                        f"allowed (the blocks' inputs, {inputs} B, plus what lies outside the blocks); "
-                        f"without checkpointing {plain.total_bytes} B — your forward keeps intermediates")
+                if use:
+                    model.set_block_wrapper(lambda block, h: ckpt(block, h))
+                rep = saved_activation_bytes(lambda: model(x, y)[1], model=model)
+                in_blocks = sum(v for k, v in rep.by_module.items() if k.startswith("blocks."))
+                return {"saved": int(rep.total_bytes), "outside": int(rep.total_bytes - in_blocks)}
+            if use:
+                model.set_block_wrapper(lambda block, h: ckpt(block, h))
+            loss, grads = _gpt_step(model, x, y, seed=m["s"])
+        except Exception as exc:
+            return student_error(exc)
+        return {"loss": loss, "grads": grads}
+
+    def judge(self, out, case, expected=None):
+        m = case.meta
+        expected = expected if expected is not None else self.expect(case)
+        if m["kind"] == "multi":
+            for nm in ("output", "grad of a", "grad of w"):
+                if out[nm] is None:
+                    return f"{nm} is None: no gradient reached that input"
+                p = compare_tensors(out[nm], expected[nm], rtol=GRAD_RTOL, atol=1e-6, name=nm, max_show=3)
+                if p:
+                    return p
             return None
-        want = _gpt_step(model, x, y, seed=m["s"])
-        model.set_block_wrapper(lambda block, h: ckpt(block, h))
-        got = _gpt_step(model, x, y, seed=m["s"])
-        return _compare_step(got, want)
+        if m["kind"] == "saved":
+            cfg = GPTConfig.preset("cpu-tiny", n_layer=m["L"])
+            inputs = m["L"] * m["B"] * m["T"] * cfg.n_embd * 4
+            allowed = expected["outside"] + inputs + 4096
+            if out["saved"] > allowed:
+                return (f"{out['saved']} bytes saved for backward with your checkpoint, at most {allowed} "
+                        f"allowed (the blocks' inputs, {inputs} B, plus what lies outside the blocks); "
+                        f"without checkpointing {expected['saved']} B — your forward keeps intermediates")
+            return None
+        return _compare_step((out["loss"], out["grads"]), (expected["loss"], expected["grads"]))
 
 
 # ==============================================================================================
@@ -285,8 +228,8 @@ class SegmentsFor(Exercise):
     points = {"correctness": 1.0}
     signature = "segments_for(n_layers: int) -> list[tuple[int, int]]  # (start, end), end exclusive"
 
-    def groups(self, suite, seed):
-        g = torch.Generator().manual_seed(case_seeds(suite, seed)[0])
+    def cases(self, suite, key):
+        g = torch.Generator().manual_seed(case_seeds(suite, key)[0])
         small = [1, 2, 3, 4, 5]
         square = [9, 16, 25, 36, 64]
         other = sorted(set(int(v) for v in torch.randint(6, 200, (5,), generator=g)))
@@ -296,7 +239,7 @@ class SegmentsFor(Exercise):
                 for name, ns in (("small depths (1 … 5)", small), ("perfect squares", square),
                                  ("other depths", other))]
 
-    def compare(self, out, case):
+    def judge(self, out, case, expected=None):
         (n,) = case.args
         try:
             segs = [(int(a), int(b)) for a, b in out]
@@ -336,9 +279,9 @@ class BestNSegments(Exercise):
     points = {"correctness": 1.0}
     signature = "best_n_segments(n_layers: int, layer_bytes: float, input_bytes: float) -> int"
 
-    def groups(self, suite, seed):
+    def cases(self, suite, key):
         out = []
-        g = torch.Generator().manual_seed(case_seeds(suite, seed)[0] + 17)
+        g = torch.Generator().manual_seed(case_seeds(suite, key)[0] + 17)
         for name, ratio_lo, ratio_hi in (("a layer keeps as much as its input (a = b)", 1, 1),
                                          ("a layer keeps far more than its input (a ≫ b, a Transformer)", 8, 40),
                                          ("inputs dearer than layers (a < b)", 0.05, 0.5)):
@@ -352,7 +295,7 @@ class BestNSegments(Exercise):
                                           "ceil(n_layers / k) · layer_bytes; keep the smallest k on a tie"))
         return out
 
-    def compare(self, out, case):
+    def judge(self, out, case, expected=None):
         n, a, b = case.args
         e = expected_best_n_segments(n, a, b)
         if isinstance(out, bool) or not isinstance(out, int) and not (isinstance(out, float) and out.is_integer()):
@@ -375,14 +318,13 @@ CPU_MEMORY_BATCH = (4, 64)
 @register
 class CheckpointedBlocks(Exercise):
     name = "checkpointed_blocks"
-    decided_in_worker = True
     notebook = NOTEBOOK
     title = "Checkpoint the GPT by segments"
     points = {"correctness": 2.0, "memory": 2.0, "speed": 1.0}
     signature = "checkpointed_blocks(model: GPT, x: Tensor[B, T, C], segments: list[(start, end)]) -> Tensor[B, T, C]"
 
-    def groups(self, suite, seed):
-        seeds = case_seeds(suite, seed)
+    def cases(self, suite, key):
+        seeds = case_seeds(suite, key)
         specs = {
             "one segment per block": [(L, [(i, i + 1) for i in range(L)]) for L in (2, 3, 4, 5, 3)],
             "√L segments (16 blocks in 4 segments, 9 in 3, …)": [(L, reference_segments(L)) for L in (16, 9, 7, 4, 12)],
@@ -398,56 +340,56 @@ class CheckpointedBlocks(Exercise):
             out.append(Group(gname, cases, hint))
         return out
 
-    def run_case(self, fn, case):
-        m = case.meta
+    def run(self, fn, case):
+        return self._step(fn, case.meta)
+
+    def expect(self, case):
+        return self._step(None, case.meta)
+
+    @staticmethod
+    def _step(fn, m):
+        """One training step of the tiny GPT with ``fn`` running the blocks (None: the plain blocks)."""
         dev = default_device()
         try:
             with one_thread():
-                cfg = GPTConfig.preset("cpu-tiny", n_layer=m["L"])
-                model = GPT(cfg, seed=m["s"]).to(dev).train()
+                model = GPT(GPTConfig.preset("cpu-tiny", n_layer=m["L"]), seed=m["s"]).to(dev).train()
                 x, y = _batch(m["s"], 3, 40, dev)
-                want = _gpt_step(model, x, y, m["s"])
-                _with_blocks(model, lambda mod, h: fn(mod, h, list(m["segs"])))
-                got = _gpt_step(model, x, y, m["s"])
+                if fn is not None:
+                    _with_blocks(model, lambda mod, h: fn(mod, h, list(m["segs"])))
+                loss, grads = _gpt_step(model, x, y, m["s"])
         except Exception as exc:
-            msg, hint = describe_exception(exc)
-            return f"{case.label}: {msg}\nhint: {hint}"
-        problem = _compare_step(got, want)
-        return None if problem is None else f"{case.label}: {problem}"
+            return student_error(exc)
+        return {"loss": loss, "grads": grads}
 
-    # -- memory -----------------------------------------------------------------------------------
-    def memory(self, fn, seed):
-        with one_thread():
-            return self._memory(fn, seed)
+    def judge(self, out, case, expected=None):
+        expected = expected if expected is not None else self.expect(case)
+        return _compare_step((out["loss"], out["grads"]), (expected["loss"], expected["grads"]))
 
-    def _memory(self, fn, seed):
-        points = float(self.points["memory"])
-        v = Verdict(self.name, "memory", 0.0, points)
-        on_gpu = torch.cuda.is_available()
-        if on_gpu:
-            cfg = GPTConfig.preset(GPU_PRESET)
-            B, T = GPU_BATCH, cfg.block_size
-        else:
-            cfg = GPTConfig.preset("cpu-tiny", **CPU_MEMORY_CFG)
-            B, T = CPU_MEMORY_BATCH
-        dev = default_device()
-        segs = reference_segments(cfg.n_layer)
-        model = GPT(cfg, seed=seed).to(dev).train()
-        x, y = _batch(seed, B, T, dev)
-        # gate: a correct result on the measured input
-        want = _gpt_step(model, x, y, 1, autocast=on_gpu)
-        _with_blocks(model, lambda mod, h: fn(mod, h, segs))
-        got = _gpt_step(model, x, y, 1, autocast=on_gpu)
-        problem = _compare_step(got, want) if not on_gpu else _loose_compare(got, want)
-        if problem is not None:
-            v.notes.append(f"not measured: your gradients are wrong on the measured input — {problem}")
-            return v
-        del want, got
+    # -- memory and speed: a training step of a 16-block GPT ---------------------------------------
+    @staticmethod
+    def _scenario(key, for_speed: bool = False) -> Callable[[], dict]:
+        s = key.derive("memory" if not for_speed else "speed")
 
-        def step(run_blocks):
-            def go():
-                _with_blocks(model, run_blocks)
-                if on_gpu:
+        def inputs() -> dict:
+            on_gpu = torch.cuda.is_available()
+            cfg = GPTConfig.preset(GPU_PRESET) if on_gpu else GPTConfig.preset("cpu-tiny", **CPU_MEMORY_CFG)
+            B, T = (GPU_BATCH, cfg.block_size) if on_gpu else CPU_MEMORY_BATCH
+            dev = default_device()
+            x, y = _batch(s, B, T, dev)
+            return {"model": GPT(cfg, seed=s).to(dev).train(), "x": x, "y": y,
+                    "segs": reference_segments(cfg.n_layer), "gpu": on_gpu, "B": B, "T": T}
+        return inputs
+
+    @staticmethod
+    def _training_step(fn, inp) -> Callable[[], torch.Tensor]:
+        """The measured call: zero the gradients, forward and backward with ``fn`` running the blocks."""
+        model, x, y, segs = inp["model"], inp["x"], inp["y"], inp["segs"]
+
+        def go():
+            model.zero_grad(set_to_none=False)  # after the first step: gradients stay allocated, not measured
+            _with_blocks(model, (lambda mod, h: fn(mod, h, segs)) if fn is not None else None)
+            try:
+                if inp["gpu"]:
                     # cache_enabled=False: autocast's cache of bf16 weight copies is not activation
                     # memory (it is the same with or without checkpointing) and would blur the ratio
                     with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
@@ -456,73 +398,41 @@ class CheckpointedBlocks(Exercise):
                 else:
                     _, loss = model(x, y)
                     loss.backward()  # (graded step)
-            return go
-
-        mine_fn, plain_fn = step(lambda mod, h: fn(mod, h, segs)), step(None)
-        if on_gpu:
-            from ...memory import peak_memory
-
-            model.zero_grad(set_to_none=False)  # gradients allocated before measuring: activations only
-            base = peak_memory(plain_fn).peak_bytes
-            mine = peak_memory(mine_fn).peak_bytes
-            how = (f"peak_memory of a training step beyond weights and gradients, {GPU_PRESET}, batch {B}×{T}, "
-                   "bf16 autocast (weight-cast cache off)")
-        else:
-            base = peak_saved_bytes(plain_fn, model)
-            mine = peak_saved_bytes(mine_fn, model)
-            how = (f"peak bytes saved for backward over forward + backward (recomputation included), "
-                   f"cpu-tiny with {cfg.n_layer} blocks, batch {B}×{T}")
-        _with_blocks(model, None)
-        ratio = mine / max(1, base)
-        v.details.update({"ratio": ratio, "yours_bytes": mine, "baseline_bytes": base, "threshold": MEMORY_RATIO,
-                          "segments": segs, "device": "cuda" if on_gpu else "cpu"})
-        v.notes.append(f"{how}: yours {mine / 2**20:.2f} MiB, without checkpointing {base / 2**20:.2f} MiB, "
-                       f"ratio {ratio:.3f}")
-        if ratio <= MEMORY_RATIO:
-            v.points = points
-            v.notes.append(f"ratio {ratio:.3f} ≤ {MEMORY_RATIO:.3f} with {len(segs)} segments: full points")
-        else:
-            v.notes.append(f"ratio {ratio:.3f} > {MEMORY_RATIO:.3f}: checkpoint each segment as one unit; inside "
-                           "it nothing may be kept — and do not keep references to activations yourself")
-        return v
-
-    # -- speed (GPU) ------------------------------------------------------------------------------
-    def speed(self, fn, seed):
-        threshold = 1.0 / (1.0 + TIME_OVERHEAD)
-        if not torch.cuda.is_available():
-            v = Verdict(self.name, "speed", 0.0, float(self.points["speed"]))
-            v.notes.append(f"speed: {NOT_ON_CPU}. On a GPU a checkpointed training step may take at most "
-                           f"{1 + TIME_OVERHEAD:.2f}× the plain one ({GPU_PRESET}, √L segments).")
-            return v
-        cfg = GPTConfig.preset(GPU_PRESET)
-        model = GPT(cfg, seed=seed).cuda().train()
-        x, y = _batch(seed, GPU_BATCH, cfg.block_size, "cuda")
-        segs = reference_segments(cfg.n_layer)
-        model.zero_grad(set_to_none=False)
-
-        def step(run_blocks):
-            def go(x, y):
-                _with_blocks(model, run_blocks)
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    _, loss = model(x, y)
-                    loss.backward()  # (graded step)
+            finally:
                 _with_blocks(model, None)
-            return go
+            return loss.detach()
+        return go
 
-        problem = self.run_case(fn, Case("16 blocks in √L segments (tiny GPT on the GPU)",
-                                         meta=dict(L=cfg.n_layer, segs=segs, s=seed)))
-        if problem is not None:
-            v = Verdict(self.name, "speed", 0.0, float(self.points["speed"]))
-            v.notes.append("not timed: your code is not correct — " + problem)
-            return v
-        v = speed_verdict(self, step(lambda mod, h: fn(mod, h, segs)), baseline=step(None), args=(x, y),
-                          threshold=threshold, baseline_name="no checkpointing", require_own_triton=False,
-                          advice="checkpoint whole segments (one recomputation per block, not more); avoid "
-                                 "extra copies or .item() syncs in your checkpoint")
-        if "ratio" in v.details:
-            v.details["overhead"] = 1.0 / v.details["ratio"] - 1.0
-            v.notes.append(f"time overhead {100 * v.details['overhead']:.1f} % (at most {100 * TIME_OVERHEAD:.0f} %)")
-        return v
+    def memory_part(self, key):
+        def check(out, inp):
+            want = _gpt_step(inp["model"], inp["x"], inp["y"], 1, autocast=inp["gpu"])
+            got = (out["loss"], out["grads"])
+            return _loose_compare(got, want) if inp["gpu"] else _compare_step(got, want)
+
+        on_gpu = torch.cuda.is_available()
+        how = (f"peak_memory of a training step beyond weights and gradients, {GPU_PRESET}, batch {GPU_BATCH}×1024, "
+               "bf16 autocast (weight-cast cache off)" if on_gpu else
+               "peak bytes saved for backward over forward + backward (recomputation included), cpu-tiny with "
+               f"{CPU_MEMORY_CFG['n_layer']} blocks, batch {CPU_MEMORY_BATCH[0]}×{CPU_MEMORY_BATCH[1]}")
+        return MemoryPart(
+            inputs=self._scenario(key), call=self._training_step, check=check, ratio=MEMORY_RATIO, meter="auto",
+            output=lambda inp, loss: {"loss": loss, "grads": {n: p.grad for n, p in inp["model"].named_parameters()}},
+            model=lambda inp: inp["model"], what=how, context=one_thread,
+            extra={"segments": reference_segments(16), "device": "cuda" if on_gpu else "cpu"},
+            advice="checkpoint each segment as one unit; inside it nothing may be kept — and do not keep "
+                   "references to activations yourself")
+
+    def speed_part(self, key):
+        return SpeedPart(
+            inputs=self._scenario(key, for_speed=True), call=self._training_step, baseline=None,
+            threshold=1.0 / (1.0 + TIME_OVERHEAD), mutate=False, baseline_name="no checkpointing",
+            explain=lambda r: f"time overhead {100 * (1 / r - 1):.1f} % (at most {100 * TIME_OVERHEAD:.0f} %)",
+            gate=Case("16 blocks in √L segments (tiny GPT on the GPU)",
+                      meta=dict(L=16, segs=reference_segments(16), s=0)),
+            cpu_note=f"On a GPU a checkpointed training step may take at most {1 + TIME_OVERHEAD:.2f}× the plain one "
+                     f"({GPU_PRESET}, √L segments).",
+            advice="checkpoint whole segments (one recomputation per block, not more); avoid extra copies or "
+                   ".item() syncs in your checkpoint")
 
 
 def _loose_compare(got, want) -> str | None:

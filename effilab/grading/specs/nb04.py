@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -18,9 +19,9 @@ import torch
 from ...data import variable_length_batch
 from ...models.gpt import GPT, GPTConfig
 from ..compare import compare_tensors
-from ..core import (Case, Exercise, Group, Verdict, _clone, case_seeds, default_device, describe_exception,
-                    one_thread, register)
-from .nb03 import peak_saved_bytes
+from ..calls import Problem, call_student, clone, mutated, one_thread
+from ..core import Case, Exercise, Group, case_seeds, default_device, register
+from ..measure import MemoryPart
 
 NOTEBOOK = "04_gradient_accumulation"
 GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-7
@@ -65,27 +66,26 @@ def reference_gradients(model: GPT, micro_batches):
     return loss.detach(), grads
 
 
-def _as_float(out):
+def _as_float(out) -> float | Problem:
     if isinstance(out, torch.Tensor):
         if out.numel() != 1:
-            raise TypeError(f"return the loss as one number, got a tensor of shape {tuple(out.shape)}")
+            return Problem(f"return the loss as one number, got a tensor of shape {tuple(out.shape)}")
         return float(out.detach().float().item())
-    if isinstance(out, (int, float)):
+    if isinstance(out, (int, float)) and not isinstance(out, bool):
         return float(out)
-    raise TypeError(f"return the full batch's mean token loss (a float), got {type(out).__name__}")
+    return Problem(f"return the full batch's mean token loss (a float), got {type(out).__name__}")
 
 
 @register
 class AccumulateGradients(Exercise):
     name = "accumulate_gradients"
-    decided_in_worker = True
     notebook = NOTEBOOK
     title = "Gradient accumulation over uneven micro-batches, normalised by the total token count"
     points = {"correctness": 3.0, "memory": 1.0}
     signature = "accumulate_gradients(model: GPT, micro_batches: list[(x, y, mask)]) -> float (the mean token loss)"
 
-    def groups(self, suite, seed):
-        seeds = case_seeds(suite, seed)
+    def cases(self, suite, key):
+        seeds = case_seeds(suite, key)
         layouts = {
             "a single micro-batch (the full batch itself)":
                 [([b], [T], None) for b, T in ((4, 64), (3, 40), (6, 33), (1, 64), (5, 17))],
@@ -120,129 +120,111 @@ class AccumulateGradients(Exercise):
             out.append(Group(gname, cases, hints[gname]))
         return out
 
-    def run_case(self, fn, case):
-        with one_thread():
-            return self._run_case(fn, case)
-
-    def _run_case(self, fn, case):
+    def run(self, fn, case):
+        """The student's accumulation on a fresh model: the returned loss and every .grad."""
         dev = default_device()
-        s = case.meta["s"]
         mbs = [tuple(t.to(dev) for t in mb) for mb in case.args[0]]
-        model = GPT(GPTConfig.preset("cpu-tiny"), seed=s).to(dev).train()
-        want_loss, want = reference_gradients(model, mbs)
-        keep = _clone(mbs)
-        try:
-            out = fn(model, _clone(mbs))
-            loss = _as_float(out)
-        except Exception as exc:
-            msg, hint = describe_exception(exc)
-            return f"{case.label}: {msg}\nhint: {hint}"
-        for a, b in zip(keep, mbs):
-            if any(not torch.equal(u, v) for u, v in zip(a, b)):
-                return f"{case.label}: the micro-batches were modified; leave the inputs untouched"
-        for n, p in model.named_parameters():
-            if p.grad is None:  # nothing accumulated
-                return f"{case.label}: no gradient in {n}.grad: call backward on each micro-batch's loss"
-            rtol, atol = (GRAD_RTOL, GRAD_ATOL) if dev.type == "cpu" else (1e-3, 1e-5)  # GPU: other reduction orders
-            problem = compare_tensors(p.grad, want[n], rtol=rtol, atol=atol, name=f"grad of {n}", max_show=3)
+        with one_thread():
+            model = GPT(GPTConfig.preset("cpu-tiny"), seed=case.meta["s"]).to(dev).train()
+            given = clone(mbs)
+            out = call_student(fn, (model, given))
+        if isinstance(out, Problem):
+            return out
+        if mutated(mbs, given, "a micro-batch"):
+            return Problem("the micro-batches were modified; leave the inputs untouched")
+        loss = _as_float(out)
+        if isinstance(loss, Problem):
+            return loss
+        return {"loss": loss, "grads": {n: p.grad for n, p in model.named_parameters()}}
+
+    def expect(self, case):
+        dev = default_device()
+        with one_thread():
+            model = GPT(GPTConfig.preset("cpu-tiny"), seed=case.meta["s"]).to(dev).train()
+            loss, grads = reference_gradients(model, [tuple(t.to(dev) for t in mb) for mb in case.args[0]])
+        return {"loss": float(loss), "grads": grads}
+
+    def judge(self, out, case, expected=None):
+        expected = expected if expected is not None else self.expect(case)
+        for n, want in expected["grads"].items():
+            got = out["grads"].get(n)
+            if got is None:  # nothing accumulated
+                return f"no gradient in {n}.grad: call backward on each micro-batch's loss"
+            # GPU: other reduction orders
+            rtol, atol = (GRAD_RTOL, GRAD_ATOL) if want.device.type == "cpu" else (1e-3, 1e-5)
+            problem = compare_tensors(got.to(want.device), want, rtol=rtol, atol=atol, name=f"grad of {n}", max_show=3)
             if problem:
-                return f"{case.label}: {problem}"
-        if not math.isclose(loss, float(want_loss), rel_tol=1e-5, abs_tol=1e-6):
-            return (f"{case.label}: the returned loss {loss:.6f} is not the full batch's mean token loss "
-                    f"{float(want_loss):.6f}")
+                return problem
+        if not math.isclose(out["loss"], expected["loss"], rel_tol=1e-5, abs_tol=1e-6):
+            return (f"the returned loss {out['loss']:.6f} is not the full batch's mean token loss "
+                    f"{expected['loss']:.6f}")
         return None
 
     # -- memory ---------------------------------------------------------------------------------
-    def memory(self, fn, seed):
-        with one_thread():
-            return self._memory(fn, seed)
-
-    def _memory(self, fn, seed):
-        points = float(self.points["memory"])
-        v = Verdict(self.name, "memory", 0.0, points)
+    def memory_part(self, key):
+        s = key.derive("memory")
         on_gpu = torch.cuda.is_available()
-        dev = default_device()
-        if on_gpu:
-            cfg, B, T = GPTConfig.preset(GPU_PRESET), GPU_BATCH, GPU_LEN
-        else:
-            cfg, B, T = GPTConfig.preset("cpu-tiny", n_layer=CPU_MEM_LAYERS), CPU_MEM_BATCH, CPU_MEM_LEN
-        model = GPT(cfg, seed=seed).to(dev).train()
-        mbs = make_micro_batches(seed, [B // N_MICRO] * N_MICRO, [T] * N_MICRO, [T // 2] * N_MICRO, device=dev)
-        x, y, mask = full_batch(mbs)
 
-        def full():
-            _, loss = model(x, y, loss_mask=mask)
-            loss.backward()  # the full batch in one step
-
-        def mine():
-            fn(model, mbs)
-
-        def run(f):
+        def inputs() -> dict:
+            dev = default_device()
             if on_gpu:
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    f()
+                cfg, B, T = GPTConfig.preset(GPU_PRESET), GPU_BATCH, GPU_LEN
             else:
-                f()
+                cfg, B, T = GPTConfig.preset("cpu-tiny", n_layer=CPU_MEM_LAYERS), CPU_MEM_BATCH, CPU_MEM_LEN
+            mbs = make_micro_batches(s, [B // N_MICRO] * N_MICRO, [T] * N_MICRO, [T // 2] * N_MICRO, device=dev)
+            return {"model": GPT(cfg, seed=s).to(dev).train(), "mbs": mbs}
 
-        # gate: correct gradients on the measured input
-        want_loss, want = reference_gradients(model, mbs)
-        mine()
-        for n, p in model.named_parameters():
-            if p.grad is None:  # nothing accumulated
-                problem = f"no gradient in {n}.grad"
-            elif on_gpu:  # fp32 on a GPU: reductions in another order, compare by relative error
-                err = float((p.grad - want[n]).norm() / want[n].norm().clamp(min=1e-12))
-                problem = f"grad of {n}: relative error {err:.3g}" if err > 1e-3 else None
-            else:
-                problem = compare_tensors(p.grad, want[n], rtol=GRAD_RTOL, atol=GRAD_ATOL, name=f"grad of {n}",
-                                          max_show=2)
-            if problem:
-                v.notes.append(f"not measured: your gradients are wrong on the measured input — {problem}")
-                return v
-        del want
-        if on_gpu:
-            from ...memory import peak_memory
+        def call(fn, inp):
+            model, mbs = inp["model"], inp["mbs"]
+            x, y, mask = full_batch(mbs)
 
-            model.zero_grad(set_to_none=False)
-            run(full)  # warm-up; gradients allocated before measuring: activations only
-            model.zero_grad(set_to_none=False)
-            base = peak_memory(run, full).peak_bytes
-            model.zero_grad(set_to_none=False)
-            yours = peak_memory(run, mine).peak_bytes
-            how = f"peak_memory, {GPU_PRESET}, {B}×{T} tokens, bf16 autocast"
-        else:
-            model.zero_grad(set_to_none=True)
-            base = peak_saved_bytes(lambda: run(full), model)
-            model.zero_grad(set_to_none=True)
-            yours = peak_saved_bytes(lambda: run(mine), model)
-            how = (f"peak bytes saved for backward, cpu-tiny with {cfg.n_layer} blocks, {B} sequences of up to "
-                   f"{T} tokens")
-        ratio = yours / max(1, base)
-        v.details.update({"ratio": ratio, "yours_bytes": yours, "baseline_bytes": base, "threshold": MEMORY_BUDGET,
-                          "n_micro": N_MICRO, "device": dev.type})
-        v.notes.append(f"{how}: {N_MICRO} micro-batches {yours / 2**20:.2f} MiB, full batch {base / 2**20:.2f} MiB, "
-                       f"ratio {ratio:.3f}")
-        if ratio <= MEMORY_BUDGET:
-            v.points = points
-            v.notes.append(f"ratio {ratio:.3f} ≤ budget {MEMORY_BUDGET:.2f}: full points")
-        else:
-            v.notes.append(f"ratio {ratio:.3f} > budget {MEMORY_BUDGET:.2f}: call backward after each micro-batch's "
-                           "forward, so that its activations are freed before the next one; never sum the "
-                           "losses of all micro-batches first")
-        return v
+            def step():
+                model.zero_grad(set_to_none=not on_gpu)  # GPU: gradients allocated before measuring
+                with torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else contextlib.nullcontext():
+                    if fn is not None:
+                        return fn(model, mbs)
+                    _, loss = model(x, y, loss_mask=mask)
+                    loss.backward()  # the full batch in one step
+                return loss.detach()
+            return step
+
+        def check(out, inp):
+            _, want = reference_gradients(inp["model"], inp["mbs"])
+            for n, w in want.items():
+                g = out.get(n)
+                if g is None:  # nothing accumulated
+                    return f"no gradient in {n}.grad"
+                if on_gpu:  # other reductions (and bf16 autocast): compare by relative error
+                    err = float((g.float().to(w.device) - w).norm() / w.norm().clamp(min=1e-12))
+                    if err > 5e-2:
+                        return f"grad of {n}: relative error {err:.3g}"
+                else:
+                    problem = compare_tensors(g, w, rtol=GRAD_RTOL, atol=GRAD_ATOL, name=f"grad of {n}", max_show=2)
+                    if problem:
+                        return problem
+            return None
+
+        how = (f"peak_memory, {GPU_PRESET}, {GPU_BATCH}×{GPU_LEN} tokens, bf16 autocast" if on_gpu else
+               f"peak bytes saved for backward, cpu-tiny with {CPU_MEM_LAYERS} blocks, {CPU_MEM_BATCH} sequences "
+               f"of up to {CPU_MEM_LEN} tokens")
+        return MemoryPart(
+            inputs=inputs, call=call, check=check, ratio=MEMORY_BUDGET, meter="auto", context=one_thread,
+            output=lambda inp, ret: {n: p.grad for n, p in inp["model"].named_parameters()},
+            model=lambda inp: inp["model"], what=f"{how}, {N_MICRO} micro-batches against the full batch",
+            advice="call backward after each micro-batch's forward, so that its activations are freed before "
+                   "the next one; never sum the losses of all micro-batches first")
 
 
 @register
 class ScaledLR(Exercise):
     name = "scaled_lr"
-    decided_in_worker = True
     notebook = NOTEBOOK
     title = "Learning-rate scaling rules: linear and square root"
     points = {"correctness": 1.0}
     signature = "scaled_lr(base_lr: float, base_batch: int, new_batch: int, rule: str) -> float"
 
-    def groups(self, suite, seed):
-        g = torch.Generator().manual_seed(case_seeds(suite, seed)[0] + 5)
+    def cases(self, suite, key):
+        g = torch.Generator().manual_seed(case_seeds(suite, key)[0] + 5)
 
         def draws(k, up=True):
             out = []
@@ -267,19 +249,24 @@ class ScaledLR(Exercise):
                                                              "other rule"),
         ]
 
-    def run_case(self, fn, case):
+    def run(self, fn, case):
         if case.meta["rule"] != "bad":
-            return super().run_case(fn, case)
+            return super().run(fn, case)
         try:
             out = fn(*case.args)
-        except ValueError:
-            return None
-        except Exception as exc:
-            return f"{case.label}: expected ValueError, got {type(exc).__name__}: {exc}"
-        return f"{case.label}: expected ValueError, got {out!r}"
+        except Exception as exc:  # the exception is the answer here: its type is judged
+            return {"raised": "ValueError" if isinstance(exc, ValueError) else type(exc).__name__,
+                    "message": str(exc)[:200]}
+        return {"returned": out if isinstance(out, (int, float, str)) or out is None else repr(out)[:100]}
 
-    def compare(self, out, case):
+    def judge(self, out, case, expected=None):
         lr, b0, b1, rule = case.args
+        if rule not in ("linear", "sqrt"):
+            if "returned" in out:
+                return f"expected ValueError, got {out['returned']!r}"
+            if out["raised"] != "ValueError":
+                return f"expected ValueError, got {out['raised']}: {out['message']}"
+            return None
         e = lr * b1 / b0 if rule == "linear" else lr * math.sqrt(b1 / b0)
         if isinstance(out, torch.Tensor):
             out = float(out)

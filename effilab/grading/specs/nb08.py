@@ -16,13 +16,12 @@ instructor-only kernels of ``effilab.ops``.
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 
 from ..compare import compare_tensors
-from ..core import NOT_ON_CPU, Case, Exercise, Group, Verdict, case_seeds, default_device, register, speed_verdict
+from ..core import Case, Exercise, Group, case_seeds, default_device, register
+from ..measure import MemoryPart, SpeedPart
 
 NOTEBOOK = "08_operator_fusion"
 
@@ -49,8 +48,11 @@ def _half_dtypes() -> list[torch.dtype]:
     return [torch.float16, torch.bfloat16] if torch.cuda.is_available() else [torch.float16]
 
 
-def _gen(s: int) -> torch.Generator:
-    return torch.Generator().manual_seed(s)
+def _gen(s: int, dev="cpu") -> torch.Generator:
+    """A generator on ``dev`` when that is a GPU: GPU-sized inputs are drawn where they live (drawing
+    hundreds of millions of values on the CPU and copying them would dominate the grading time)."""
+    d = torch.device(dev)
+    return torch.Generator(device=d if d.type == "cuda" else "cpu").manual_seed(s)
 
 
 def _check_tensor(out, like_shape, dtype, name="output") -> str | None:
@@ -61,45 +63,6 @@ def _check_tensor(out, like_shape, dtype, name="output") -> str | None:
     if out.dtype != dtype:
         return f"your {name} has dtype {out.dtype}, expected {dtype} (the dtype of the input)"
     return None
-
-
-# ----------------------------------------------------------------------------------------------
-# A memory verdict, modelled on core.speed_verdict (proposed for core)
-# ----------------------------------------------------------------------------------------------
-def memory_verdict(ex: Exercise, fn: Callable, *, args: tuple, budget_bytes: int, gate: Case | None = None,
-                   what: str = "", advice: str = "") -> Verdict:
-    """Measure the extra peak CUDA memory of ``fn(*args)`` and award the memory points if ≤ budget.
-
-    On a CPU: no points, and a note saying so. ``gate``: the output on the measured input must be
-    correct first. The measured bytes, the budget and the output's bytes go to ``Verdict.details``.
-    """
-    from ... import memory
-
-    points = float(ex.points.get("memory", 0.0))
-    v = Verdict(ex.name, "memory", 0.0, points)
-    budget_txt = memory.format_bytes(budget_bytes)
-    if not torch.cuda.is_available():
-        v.notes.append(f"memory: {NOT_ON_CPU}. On a GPU the extra peak memory of your call must be ≤ "
-                       f"{budget_txt}{' (' + what + ')' if what else ''}.")
-        return v
-    if gate is not None:
-        problem = ex.run_case(fn, gate)
-        if problem is not None:
-            v.notes.append("not measured: your code is not correct on the measured input — " + problem)
-            return v
-    fn(*args)  # warm-up: compile the kernels outside the measurement
-    torch.cuda.synchronize()
-    res = memory.peak_memory(fn, *args)
-    del res.result
-    v.details.update({"peak_bytes": res.peak_bytes, "budget_bytes": int(budget_bytes)})
-    v.notes.append(f"extra peak memory of your call: {memory.format_bytes(res.peak_bytes)} "
-                   f"(budget {budget_txt}{'; ' + what if what else ''})")
-    if res.peak_bytes <= budget_bytes:
-        v.points = points
-        v.notes.append("within the budget: full points")
-    else:
-        v.notes.append("over the budget" + (f": {advice}" if advice else ""))
-    return v
 
 
 # ==============================================================================================
@@ -114,12 +77,12 @@ def rms_norm_eager(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> 
 def _rms_inputs(s: int, shape, dtype, dev, scale=None, zero_rows=0):
     """x and weight. Without ``scale``, |x| ≥ 0.5 everywhere: mean squares far above eps, so only the
     eps group (tiny or zero rows, a given ``scale``) tells eps inside the root from eps outside it."""
-    g = _gen(s)
-    x = torch.randn(shape, generator=g)
+    g = _gen(s, dev)
+    x = torch.randn(shape, generator=g, device=g.device)
     x = x + 0.5 * torch.where(x < 0, -1.0, 1.0) if scale is None else x * scale
     if zero_rows:
         x.view(-1, shape[-1])[:zero_rows] = 0.0
-    w = torch.randn(shape[-1], generator=g) * 0.5 + 1.0
+    w = torch.randn(shape[-1], generator=g, device=g.device) * 0.5 + 1.0
     return x.to(dtype).to(dev), w.to(dtype).to(dev)
 
 
@@ -129,13 +92,14 @@ class RMSNorm(Exercise):
     forbidden = ("torch.nn.functional.rms_norm", "torch.rms_norm", "torch.nn.RMSNorm", "torch.nn.modules.normalization",
                  "effilab.ops")
     notebook = NOTEBOOK
+    kernel = True  # the work is done by the student's own Triton kernels
     title = "A fused RMSNorm forward in Triton"
     points = {"correctness": 3.0, "speed": 2.0}
     signature = "rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor"
 
-    def groups(self, suite, seed):
+    def cases(self, suite, key):
         dev = default_device()
-        seeds = case_seeds(suite, seed)
+        seeds = case_seeds(suite, key)
         big = (1823, 781) if dev.type == "cuda" else (611, 781)
         pow2 = [(64, 512), (4, 1024), (3, 5, 256), (1, 2048), (33, 128)]
         odd = [big, (3, 5, 67), (7, 1), (2, 4097), (129, 1000)]
@@ -167,24 +131,21 @@ class RMSNorm(Exercise):
                   "rstd = 1 / sqrt(mean(x²) + eps): eps goes under the root (an all-zero row must give 0, not NaN)"),
         ]
 
-    def compare(self, out, case):
+    def judge(self, out, case, expected=None):
         x, w, eps = case.args
         bad = _check_tensor(out, x.shape, x.dtype)
         if bad:
             return bad
         return compare_tensors(out, rms_norm_eager(x, w, eps))
 
-    def speed(self, fn, seed):
-        dev = default_device()
-        if dev.type == "cuda":
-            x, w = _rms_inputs(case_seeds("hidden", seed)[0], RMS_SPEED_SHAPE, torch.bfloat16, dev)
-        else:
-            x = w = None
+    def speed_part(self, key):
+        s = key.derive("speed")
         n_rows, n_cols = RMS_SPEED_SHAPE
-        return speed_verdict(
-            self, fn, baseline=rms_norm_eager, args=(x, w, 1e-6), threshold=RMS_SPEED_THRESHOLD,
-            gate=Case(f"the timed input ({n_rows}×{n_cols} bf16)", (x, w, 1e-6)),
-            bytes_moved=2 * n_rows * n_cols * 2 + 2 * n_cols, baseline_name="eager RMSNorm",
+        return SpeedPart(
+            inputs=lambda: _rms_inputs(s, RMS_SPEED_SHAPE, torch.bfloat16, "cuda") + (1e-6,),
+            baseline=rms_norm_eager, threshold=RMS_SPEED_THRESHOLD, own_kernels=True,
+            gate_label=f"the timed input ({n_rows}×{n_cols} bf16)", bytes_moved=2 * n_rows * n_cols * 2 + 2 * n_cols,
+            baseline_name="eager RMSNorm",
             advice="read each row once and write it once: keep the whole row in registers, one row per program "
                    "for rows of 4096, num_warps 8 or 16")
 
@@ -206,20 +167,20 @@ def swiglu_backward_reference(a, b, grad_out):
 
 
 def _swiglu_inputs(s, shape, dtype, dev, big=False, with_grad=False):
-    g = _gen(s)
-    a = torch.randn(shape, generator=g) * (30.0 if big else 2.0)
+    g = _gen(s, dev)
+    a = torch.randn(shape, generator=g, device=g.device) * (30.0 if big else 2.0)
     if big and a.numel() >= 4:
         a.view(-1)[:4] = torch.tensor([80.0, -80.0, 0.0, -11.0])
-    b = torch.randn(shape, generator=g)
+    b = torch.randn(shape, generator=g, device=g.device)
     out = [a.to(dtype).to(dev), b.to(dtype).to(dev)]
     if with_grad:
-        out.append(torch.randn(shape, generator=g).to(dtype).to(dev))
+        out.append(torch.randn(shape, generator=g, device=g.device).to(dtype).to(dev))
     return tuple(out)
 
 
-def _swiglu_groups(suite, seed, with_grad):
+def _swiglu_groups(suite, key, with_grad):
     dev = default_device()
-    seeds = case_seeds(suite, seed)
+    seeds = case_seeds(suite, key)
     big = (1823, 781) if dev.type == "cuda" else (411, 781)
     shapes = [big, (3, 5, 67), (1,), (65537,), (7, 1000)]
     hdts = _half_dtypes()
@@ -248,27 +209,26 @@ class SwiGLU(Exercise):
     name = "swiglu"
     forbidden = ("torch.nn.functional.silu", "torch.nn.SiLU", "effilab.ops")
     notebook = NOTEBOOK
+    kernel = True  # the work is done by the student's own Triton kernels
     title = "A fused SwiGLU forward: silu(a) * b"
     points = {"correctness": 2.0, "speed": 1.0}
     signature = "swiglu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor"
 
-    def groups(self, suite, seed):
-        return _swiglu_groups(suite, seed, with_grad=False)
+    def cases(self, suite, key):
+        return _swiglu_groups(suite, key, with_grad=False)
 
-    def compare(self, out, case):
+    def judge(self, out, case, expected=None):
         a, b = case.args
         bad = _check_tensor(out, a.shape, a.dtype)
         return bad or compare_tensors(out, swiglu_eager(a, b))
 
-    def speed(self, fn, seed):
-        dev = default_device()
-        a, b = _swiglu_inputs(case_seeds("hidden", seed)[0], SWIGLU_SPEED_SHAPE, torch.bfloat16, dev) \
-            if dev.type == "cuda" else (None, None)
+    def speed_part(self, key):
+        s = key.derive("speed")
         n = math.prod(SWIGLU_SPEED_SHAPE)
-        return speed_verdict(
-            self, fn, baseline=swiglu_eager, args=(a, b), threshold=SWIGLU_SPEED_THRESHOLD,
-            gate=Case("the timed input (16384×11008 bf16)", (a, b)), bytes_moved=3 * n * 2,
-            baseline_name="eager silu(a) * b",
+        return SpeedPart(
+            inputs=lambda: _swiglu_inputs(s, SWIGLU_SPEED_SHAPE, torch.bfloat16, "cuda"), baseline=swiglu_eager,
+            threshold=SWIGLU_SPEED_THRESHOLD, own_kernels=True, gate_label="the timed input (16384×11008 bf16)",
+            bytes_moved=3 * n * 2, baseline_name="eager silu(a) * b",
             advice="one pass: read a and b once, write the output once; BLOCK of 1024–4096 elements")
 
 
@@ -277,14 +237,15 @@ class SwiGLUBackward(Exercise):
     name = "swiglu_backward"
     forbidden = ("effilab.ops",)
     notebook = NOTEBOOK
+    kernel = True  # the work is done by the student's own Triton kernels
     title = "SwiGLU backward (extra): da and db in one kernel"
     points = {"correctness": 1.0}
     signature = "swiglu_backward(a, b, grad_out) -> (da, db)"
 
-    def groups(self, suite, seed):
-        return _swiglu_groups(suite, seed, with_grad=True)
+    def cases(self, suite, key):
+        return _swiglu_groups(suite, key, with_grad=True)
 
-    def compare(self, out, case):
+    def judge(self, out, case, expected=None):
         a, b, g = case.args
         if not isinstance(out, (tuple, list)) or len(out) != 2:
             return f"return a tuple (da, db); got {type(out).__name__}"
@@ -309,11 +270,11 @@ def cross_entropy_reference(logits: torch.Tensor, target: torch.Tensor) -> torch
 
 
 def _ce_inputs(s, n, v, dtype, dev, scale=3.0, offset=0.0, ignore=0.0):
-    g = _gen(s)
-    x = torch.randn(n, v, generator=g) * scale + offset
-    t = torch.randint(0, v, (n,), generator=g)
+    g = _gen(s, dev)
+    x = torch.randn(n, v, generator=g, device=g.device) * scale + offset
+    t = torch.randint(0, v, (n,), generator=g, device=g.device)
     if ignore:
-        drop = torch.rand(n, generator=g) < ignore
+        drop = torch.rand(n, generator=g, device=g.device) < ignore
         drop[0] = True
         drop[-1] = False  # never all ignored
         t[drop] = IGNORE_INDEX
@@ -326,13 +287,14 @@ class CrossEntropy(Exercise):
     forbidden = ("torch.nn.functional.cross_entropy", "torch.nn.functional.log_softmax", "torch.nn.functional.nll_loss",
                  "torch.nn.CrossEntropyLoss", "effilab.ops")
     notebook = NOTEBOOK
+    kernel = True  # the work is done by the student's own Triton kernels
     title = "Cross-entropy with an online softmax over vocabulary chunks"
     points = {"correctness": 3.0, "memory": 1.0}
     signature = "cross_entropy(logits: torch.Tensor[N, V], target: torch.Tensor[N] (int64)) -> 0-dim fp32 tensor"
 
-    def groups(self, suite, seed):
+    def cases(self, suite, key):
         dev = default_device()
-        seeds = case_seeds(suite, seed)
+        seeds = case_seeds(suite, key)
         big_v = 50257 if dev.type == "cuda" else 32771
         nv = [(37, 1000), (5, big_v), (64, 5003), (1, 17), (129, 2049)]
         hdts = _half_dtypes()
@@ -361,7 +323,7 @@ class CrossEntropy(Exercise):
                   "load the logits .to(tl.float32); the loss is an fp32 scalar whatever the logits' dtype"),
         ]
 
-    def compare(self, out, case):
+    def judge(self, out, case, expected=None):
         x, t = case.args
         if not isinstance(out, torch.Tensor):
             return f"return a 0-dim float32 torch.Tensor, got {type(out).__name__}"
@@ -370,19 +332,26 @@ class CrossEntropy(Exercise):
         return compare_tensors(out.detach().cpu(), cross_entropy_reference(x.cpu(), t.cpu()), rtol=1e-4, atol=1e-4,
                                name="loss")
 
-    def memory(self, fn, seed):
-        dev = default_device()
+    def memory_part(self, key):
+        s = key.derive("memory")
         n, v = CE_MEMORY_SHAPE
         logits_bytes = n * v * 2
-        if dev.type == "cuda":
-            x, t = _ce_inputs(case_seeds("hidden", seed)[0], n, v, torch.bfloat16, dev, ignore=0.1)
-        else:
-            x = t = None
-        return memory_verdict(
-            self, fn, args=(x, t), budget_bytes=int(CE_MEMORY_FRACTION * logits_bytes),
-            gate=Case(f"the first 256 rows of the measured input ({n}×{v} bf16 logits)",
-                      (x[:256], t[:256]) if x is not None else (x, t)),
+
+        def check(out, inputs):
+            x, t = inputs
+            bad = self.judge(out, Case("", (x[:0], t[:0])), None) if not isinstance(out, torch.Tensor) else None
+            if bad:
+                return bad
+            ref = cross_entropy_reference(x, t)  # on the grading device: 4096 × 128256 logits
+            return compare_tensors(out.to(ref.device).float(), ref, rtol=1e-4, atol=1e-4, name="loss")
+
+        return MemoryPart(
+            inputs=lambda: _ce_inputs(s, n, v, torch.bfloat16, "cuda", ignore=0.1),
+            call=lambda fn, inp: (lambda: fn(*inp)), check=check, meter="cuda",
+            budget_bytes=int(CE_MEMORY_FRACTION * logits_bytes),
             what=f"{CE_MEMORY_FRACTION:g} × the {n}×{v} bf16 logits; one fp32 copy of them would be 2×",
+            cpu_note=f"On a GPU the extra peak memory of your call must be ≤ {CE_MEMORY_FRACTION:g} × the {n}×{v} "
+                     "bf16 logits.",
             advice="do not call .float() on the logits or build probabilities: read each chunk, update a "
                    "running max and sum in registers, write one float per row")
 
@@ -409,8 +378,8 @@ def attention_reference(q, k, v, causal=False):
 
 
 def _attn_inputs(s, shape, dtype, dev):
-    g = _gen(s)
-    return tuple(torch.randn(shape, generator=g).to(dtype).to(dev) for _ in range(3))
+    g = _gen(s, dev)
+    return tuple(torch.randn(shape, generator=g, device=g.device).to(dtype).to(dev) for _ in range(3))
 
 
 @register
@@ -418,13 +387,14 @@ class FlashAttention(Exercise):
     name = "flash_attention"
     forbidden = ("torch.nn.functional.scaled_dot_product_attention", "torch.nn.attention", "effilab.ops")
     notebook = NOTEBOOK
+    kernel = True  # the work is done by the student's own Triton kernels
     title = "FlashAttention forward: online softmax over key blocks"
     points = {"correctness": 3.0, "speed": 1.0, "memory": 1.0}
     signature = "flash_attention(q, k, v, causal: bool = False) -> torch.Tensor  # q, k, v: (B, H, S, D)"
 
-    def groups(self, suite, seed):
+    def cases(self, suite, key):
         dev = default_device()
-        seeds = case_seeds(suite, seed)
+        seeds = case_seeds(suite, key)
         gpu = dev.type == "cuda"
         short = [(1, 2, 16, 16), (2, 1, 5, 32), (1, 1, 1, 16), (1, 2, 11, 64), (1, 1, 3, 32)]
         long_ = [(1, 2, 67, 32), (1, 1, 130, 16), (2, 1, 97, 64), (1, 1, 257, 16), (1, 2, 40, 32)]
@@ -461,7 +431,7 @@ class FlashAttention(Exercise):
                   "store the output in q's dtype"),
         ]
 
-    def compare(self, out, case):
+    def judge(self, out, case, expected=None):
         q, k, v, c = case.args
         bad = _check_tensor(out, q.shape, q.dtype)
         if bad:
@@ -469,33 +439,39 @@ class FlashAttention(Exercise):
         rtol, atol = ATTN_TOL[q.dtype]
         return compare_tensors(out.cpu(), attention_reference(q, k, v, c), rtol=rtol, atol=atol)
 
-    def speed(self, fn, seed):
-        dev = default_device()
+    def speed_part(self, key):
+        s = key.derive("speed")
         B, H, S, D = ATTN_SPEED_SHAPE
-        args = _attn_inputs(case_seeds("hidden", seed)[0], ATTN_SPEED_SHAPE, torch.bfloat16, dev) + (False,) \
-            if dev.type == "cuda" else (None, None, None, False)
-        gate = None
-        if dev.type == "cuda":  # the float64 reference on the full timed input is too slow: gate on a slice
-            gate = Case("the first head of the timed input", tuple(t[:1, :1] for t in args[:3]) + (False,))
-        return speed_verdict(
-            self, fn, baseline=attention_naive, args=args, threshold=ATTN_SPEED_THRESHOLD, gate=gate,
-            flops=4.0 * B * H * S * S * D, baseline_name="naive attention",
+
+        def view(args, out):  # the float64 reference on the whole input is slow: judge 256 queries of one head
+            q, k, v, c = args
+            return (q[:1, :1, :256], k[:1, :1], v[:1, :1], c), out[:1, :1, :256]
+
+        return SpeedPart(
+            inputs=lambda: _attn_inputs(s, ATTN_SPEED_SHAPE, torch.bfloat16, "cuda") + (False,),
+            baseline=attention_naive, threshold=ATTN_SPEED_THRESHOLD, own_kernels=True, view=view,
+            gate_label="the timed input (first head, 256 queries judged)", flops=4.0 * B * H * S * S * D,
+            baseline_name="naive attention",
             advice="BLOCK_M = 128, BLOCK_N = 64, num_warps = 8 and num_stages = 3 are good starting points on an H100")
 
-    def memory(self, fn, seed):
-        dev = default_device()
+    def memory_part(self, key):
+        s = key.derive("memory")
         B, H, S, D = ATTN_MEMORY_SHAPE
         out_bytes = B * H * S * D * 2
         budget = int(ATTN_MEMORY_FACTOR * out_bytes)
         scores = B * H * S * S * 2
         assert scores > 16 * budget  # S² scores (even in bf16) would never fit the budget
-        args = _attn_inputs(case_seeds("hidden", seed)[1], ATTN_MEMORY_SHAPE, torch.bfloat16, dev) + (True,) \
-            if dev.type == "cuda" else (None, None, None, True)
-        gate = Case("the first head of the measured input", tuple(t[:1, :1, :1024] for t in args[:3]) + (True,)) \
-            if dev.type == "cuda" else None
         from ...memory import format_bytes
 
-        return memory_verdict(
-            self, fn, args=args, budget_bytes=budget, gate=gate,
+        def check(out, inputs):  # causal: the first 1024 queries see only the first 1024 keys
+            q, k, v, c = inputs
+            return self.judge(out[:1, :1, :1024] if isinstance(out, torch.Tensor) else out,
+                              Case("", (q[:1, :1, :1024], k[:1, :1, :1024], v[:1, :1, :1024], c)))
+
+        return MemoryPart(
+            inputs=lambda: _attn_inputs(s, ATTN_MEMORY_SHAPE, torch.bfloat16, "cuda") + (True,),
+            call=lambda fn, inp: (lambda: fn(*inp)), check=check, meter="cuda", budget_bytes=budget,
             what=f"{ATTN_MEMORY_FACTOR:g} × the output at S = {S}; the S×S scores alone would take {format_bytes(scores)}",
+            cpu_note=f"On a GPU the extra peak memory of your call must be ≤ {ATTN_MEMORY_FACTOR:g} × the output at "
+                     f"S = {S}.",
             advice="never build the S×S score matrix: keep one BLOCK_M×BLOCK_N tile of scores in registers")

@@ -1,0 +1,451 @@
+"""Speed and memory parts: declared once per exercise, measured where the code runs, decided in core.
+
+A spec returns a :class:`SpeedPart` from ``speed_part(key)`` or a :class:`MemoryPart` from
+``memory_part(key)``. The same declaration serves the self-check (everything in the notebook's
+process) and the grader, which splits it three ways:
+
+* **the student's side** (the sandbox): :func:`measure_speed` / :func:`measure_memory` run the
+  student's code on the part's input — first once, and that output is returned for judging, then
+  timed or metered — and return plain data: times, bytes, the kernels launched, the outputs;
+* **the baseline** (:func:`baseline_speed` / :func:`baseline_memory`): timed or metered by the
+  grader's own process, where student code never ran, so nothing the student patches reaches it;
+* **the decision** (:func:`decide_speed` / :func:`decide_memory`): in the grader's process — the
+  outputs judged against the grader's own expected values (speed and memory count only for
+  correct answers, and skipping work while measured costs correctness), then ratio or budget.
+
+Timing: each timed call first changes one element of the input to a value drawn from the input
+itself, at positions drawn from a random ``nonce``; the output of the *last* timed call is judged
+against the input as it was then (the grader replays the same changes on its own copy), so a
+result cached on the input's identity, or replayed from an earlier call, fails. A fresh input is
+judged after timing. Medians of CUDA-event times with an L2 flush (:mod:`effilab.bench`).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .calls import Problem, call_student
+from .core import NOT_ON_CPU, Case, Exercise, Verdict, judge_case, run_case
+
+__all__ = ["SpeedPart", "MemoryPart", "measure_speed", "measure_memory", "baseline_speed", "baseline_memory",
+           "decide_speed", "decide_memory", "self_check", "replay_mutations"]
+
+WALL_SLACK = 1.5  # device-wide wall time may exceed the timed stream's median by this factor (launch gaps)
+_perf_counter = time.perf_counter  # captured before any student code runs
+POOL = 997  # mutation positions and values cycle through this many draws
+
+
+@dataclass
+class SpeedPart:
+    """A speed part: ``baseline_ms / yours_ms ≥ threshold`` on the same input earns the points."""
+
+    inputs: Callable[[], Any]  # the timed input (deterministic: built alike by the sandbox and the grader)
+    baseline: Callable | None  # the same signature as the student's function (None: ``call`` builds it)
+    threshold: float
+    baseline_name: str = "baseline"
+    gate: Case | None = None  # judged before timing; None: the timed input itself, judged as a case
+    gate_label: str = "the timed input"
+    meta: dict = field(default_factory=dict)  # the meta of the timed input's case
+    fresh: Callable[[], tuple] | None = None  # a fresh input judged after timing
+    bytes_moved: int | None = None
+    flops: float | Callable[[tuple], float] | None = None  # a callable gets the timed input
+    own_kernels: bool = False  # the timed call must run the student's own Triton kernels
+    mutate: bool = True  # change one element of inputs[0] before each timed call
+    advice: str = ""
+    cpu_note: str = ""  # what the part asks of a GPU, said on a CPU
+    context: Callable[[], Any] | None = None  # a context manager factory around each timed phase
+    # What of (inputs, output) the judge reads for the timed input and the last timed call (a slice
+    # where a full reference would be slow); default: all of it.
+    view: Callable[[tuple, Any], tuple[tuple, Any]] | None = None
+    # How a timed call is made from (fn, inputs), fn None meaning the baseline; default fn(*inputs).
+    call: Callable[[Callable | None, Any], Callable[[], Any]] | None = None
+    explain: Callable[[float], str] | None = None  # one more line about the measured ratio
+    extra: dict = field(default_factory=dict)  # kept in the verdict's details
+
+    def case(self, args: tuple, label: str | None = None) -> Case:
+        """The timed input (or a replayed or fresh one) as a case the exercise's judge reads."""
+        return Case(label or self.gate_label, args, {}, dict(self.meta))
+
+
+@dataclass
+class MemoryPart:
+    """A memory part: the measured call's extra peak memory within a budget, or within ``ratio`` of
+    the baseline's on the same input."""
+
+    inputs: Callable[[], Any]  # what the measured call works on (deterministic)
+    call: Callable[[Callable | None, Any], Callable[[], Any]]  # the zero-arg measured call; fn None: the baseline
+    check: Callable[[Any, Any], str | None]  # (output, the grader's own inputs) -> None or what is wrong
+    output: Callable[[Any, Any], Any] = lambda inputs, ret: ret  # the judged result: (inputs, call's return)
+    meter: str = "auto"  # "cuda" (allocator peak), "saved" (bytes autograd saves), "auto": cuda on a GPU
+    budget_bytes: int | None = None  # absolute mode
+    ratio: float | None = None  # ratio mode: yours ≤ ratio × baseline
+    model: Callable[[Any], torch.nn.Module | None] = lambda inputs: None  # parameters the saved meter skips
+    what: str = ""
+    advice: str = ""
+    cpu_note: str = ""
+    context: Callable[[], Any] | None = None
+    extra: dict = field(default_factory=dict)  # kept in the verdict's details
+
+    def use_cuda(self) -> bool:
+        return self.meter == "cuda" or (self.meter == "auto" and torch.cuda.is_available())
+
+
+def _ctx(part):
+    return part.context() if part.context is not None else contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------------------------
+# Mutating calls (both sides) and their replay (the grader)
+# ----------------------------------------------------------------------------------------------
+def _schedule(x: torch.Tensor, nonce: int):
+    flat = x.view(-1)
+    g = torch.Generator(device="cpu").manual_seed(nonce)
+    pool = flat[torch.randint(0, flat.numel(), (POOL,), generator=g).to(flat.device)].clone()
+    where = torch.randint(0, flat.numel(), (POOL,), generator=g).tolist()
+    return flat, pool, where
+
+
+def _mutable(args: tuple) -> bool:
+    x = args[0] if args else None
+    return isinstance(x, torch.Tensor) and x.is_contiguous() and x.numel() > 0 and x.dtype.is_floating_point
+
+
+def replay_mutations(args: tuple, nonce: int, count: int) -> tuple:
+    """``args`` as they were after ``count`` mutating calls with ``nonce`` (a copy; args untouched)."""
+    if not count or not _mutable(args):
+        return args
+    x = args[0].clone()
+    flat, pool, where = _schedule(x, nonce)
+    for k in range(1, count + 1):
+        flat[where[k % POOL]] = pool[(k * 7) % POOL]
+    return (x,) + tuple(args[1:])
+
+
+def _mutating_call(fn: Callable, args: tuple, nonce: int, mutate: bool):
+    """A zero-argument call of ``fn(*args)`` that first changes one element of ``args[0]``; returns
+    (call, state) where state holds the last output and the number of calls."""
+    state: dict = {"count": 0}
+    if not mutate or not _mutable(args):
+        def plain():
+            state["out"] = fn(*args)
+        return plain, state
+    flat, pool, where = _schedule(args[0], nonce)
+
+    def call():
+        k = state["count"] = state["count"] + 1
+        flat[where[k % POOL]] = pool[(k * 7) % POOL]
+        state["out"] = fn(*args)
+    return call, state
+
+
+def _timed_call(part: "SpeedPart", fn: Callable | None, args, nonce: int):
+    """The zero-argument call that is timed: the part's own ``call``, or ``fn(*args)`` mutating."""
+    if part.call is not None:
+        state: dict = {"count": 0}
+        inner = part.call(fn, args)
+
+        def call():
+            state["out"] = inner()
+        return call, state
+    return _mutating_call(fn if fn is not None else part.baseline, args, nonce, part.mutate)
+
+
+def _time(call: Callable[[], Any]) -> "Any":
+    from .. import bench
+
+    return bench.time_fn(call, warmup=5, min_reps=15, max_reps=300, max_time_s=2.0, device="cuda")
+
+
+def _wall_ms(call: Callable[[], Any], n: int = 10) -> float:
+    torch.cuda.synchronize()
+    t0 = _perf_counter()
+    for _ in range(n):
+        call()
+    torch.cuda.synchronize()
+    return (_perf_counter() - t0) / n * 1e3
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernel provenance of a timed call (GPU)
+# ----------------------------------------------------------------------------------------------
+def student_kernel_names(fn: Callable) -> set[str]:
+    """Names of the ``@triton.jit`` kernels defined in the student's code (``fn``'s module globals)."""
+    names = set()
+    for obj in list(getattr(fn, "__globals__", {}).values()):
+        mod = getattr(obj, "__module__", "") or ""
+        if type(obj).__name__ in ("JITFunction", "Autotuner", "Heuristics") and not mod.startswith(("effilab", "triton")):
+            inner = obj
+            while hasattr(inner, "fn") and type(inner).__name__ != "JITFunction":
+                inner = inner.fn
+            names.add(getattr(inner, "__name__", "") or getattr(getattr(inner, "fn", None), "__name__", ""))
+    return {n for n in names if n}
+
+
+def launched_kernels(call: Callable[[], Any]) -> list[str]:
+    """CUDA kernel names launched by one ``call()`` (torch.profiler), in order, without duplicates."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        call()
+        torch.cuda.synchronize()
+    seen: dict[str, None] = {}
+    for evt in prof.events():
+        if getattr(evt, "device_type", None) is not None and "CUDA" in str(evt.device_type):
+            seen.setdefault(evt.name, None)
+    return list(seen)
+
+
+def _provenance(fn: Callable, call: Callable[[], Any]) -> dict:
+    own = sorted(student_kernel_names(fn))
+    ran = launched_kernels(call)
+    return {"own": own, "ran": ran[:20],
+            "own_ran": any(any(k == n or k.startswith(n) for k in ran) for n in own)}
+
+
+# ----------------------------------------------------------------------------------------------
+# The student's side (the sandbox when grading)
+# ----------------------------------------------------------------------------------------------
+def measure_speed(ex: Exercise, part: SpeedPart, fn: Callable) -> dict:
+    """Run and time the student's ``fn`` as ``part`` says; plain data for :func:`decide_speed`."""
+    args = part.inputs()
+    gate = part.gate if part.gate is not None else part.case(args)
+    res: dict = {"gate": run_case(ex, fn, gate)}
+    if isinstance(res["gate"], Problem):
+        return res
+    with _ctx(part):
+        nonce = int.from_bytes(os.urandom(6), "big")
+        call, state = _timed_call(part, fn, args, nonce)
+        if part.own_kernels:
+            res["provenance"] = _provenance(fn, lambda: fn(*args))
+        t = _time(call)
+        wall = _wall_ms(call)
+    res.update({"nonce": nonce, "count": state["count"], "median_ms": t.median_ms, "spread": t.spread,
+                "wall_ms": wall})
+    if part.call is None and part.mutate and _mutable(args) and "out" in state:
+        res["last"] = state["out"] if not isinstance(state["out"], torch.Tensor) else state["out"].detach()
+    if part.fresh is not None:
+        res["fresh"] = call_student(fn, part.fresh())
+    return res
+
+
+def measure_memory(ex: Exercise, part: MemoryPart, fn: Callable) -> dict:
+    """Run the student's call once, meter it, and return the measured bytes and its judged output."""
+    inputs = part.inputs()
+    with _ctx(part):
+        try:
+            step = part.call(fn, inputs)
+            if part.use_cuda():
+                step()  # warm-up: kernels compiled outside the measurement
+                torch.cuda.synchronize()
+            peak, ret = _meter(part, step, inputs)
+        except Exception as exc:
+            from .calls import student_error
+
+            return {"output": student_error(exc)}
+    return {"peak_bytes": int(peak), "output": part.output(inputs, ret)}
+
+
+def _meter(part: MemoryPart, step: Callable[[], Any], inputs) -> tuple[int, Any]:
+    if part.use_cuda():
+        from ..memory import peak_memory
+
+        r = peak_memory(step)
+        return r.peak_bytes, r.result
+    from ..memory import SavedTensorMeter
+
+    meter = SavedTensorMeter(part.model(inputs))
+    with meter.hooks():
+        ret = step()
+    return meter.peak, ret
+
+
+# ----------------------------------------------------------------------------------------------
+# The baseline (the grader's own process)
+# ----------------------------------------------------------------------------------------------
+def baseline_speed(part: SpeedPart) -> dict:
+    if not torch.cuda.is_available():
+        return {}
+    args = part.inputs()
+    with _ctx(part):
+        call, _ = _timed_call(part, None, args, int.from_bytes(os.urandom(6), "big"))
+        t = _time(call)
+    return {"median_ms": t.median_ms, "spread": t.spread}
+
+
+def baseline_memory(part: MemoryPart) -> dict:
+    if part.ratio is None or (part.use_cuda() and not torch.cuda.is_available()):
+        return {}
+    inputs = part.inputs()
+    with _ctx(part):
+        step = part.call(None, inputs)
+        if part.use_cuda():
+            step()
+            torch.cuda.synchronize()
+        peak, _ = _meter(part, step, inputs)
+    return {"peak_bytes": int(peak)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Decisions (the grader's own process)
+# ----------------------------------------------------------------------------------------------
+def _not_on_cpu(ex: Exercise, part: str, note: str) -> Verdict:
+    v = Verdict(ex.name, part, 0.0, float(ex.points.get(part, 0.0)))
+    v.notes.append(f"{part}: {NOT_ON_CPU}." + (f" {note}" if note else ""))
+    return v
+
+
+def _judged(ex: Exercise, out, case: Case, view=None) -> str | None:
+    if view is not None and not isinstance(out, Problem):
+        args, out = view(case.args, out)
+        case = Case(case.label, args, case.kwargs, case.meta)
+    r = judge_case(ex, out, case, ex.expect(case) if not isinstance(out, Problem) else None)
+    return None if r.ok else r.problem + (f" (hint: {r.hint})" if r.hint else "")
+
+
+def decide_speed(ex: Exercise, part: SpeedPart, mine: dict, base: dict, suite: str = "public") -> Verdict:
+    """Judge the student's outputs on the grader's own inputs, check provenance, compare the medians."""
+    points = float(ex.points.get("speed", 0.0))
+    v = Verdict(ex.name, "speed", 0.0, points, suite=suite)
+    if not torch.cuda.is_available():
+        return _not_on_cpu(ex, "speed", part.cpu_note or f"On a GPU yours must be ≥ {part.threshold:g}× faster "
+                                                          f"than {part.baseline_name}.")
+    built: list = []
+
+    def args() -> tuple:  # the grader's own copy of the timed input, built once and only when needed
+        if not built:
+            built.append(part.inputs())
+        return built[0]
+
+    gate = part.gate if part.gate is not None else part.case(args())
+    problem = _judged(ex, mine.get("gate", Problem("no output came back")), gate,
+                      part.view if part.gate is None else None)
+    if problem:
+        v.notes.append("not timed: your code is not correct on the timed input — " + problem)
+        return v
+    prov = mine.get("provenance")
+    if part.own_kernels:
+        why = _provenance_problem(prov)
+        if why:
+            v.notes.append("not timed: " + why)
+            return v
+    if "last" in mine:
+        final = replay_mutations(args(), int(mine.get("nonce", 0)), int(mine.get("count", 0)))
+        problem = _judged(ex, mine["last"], part.case(final, "the last timed call"), part.view)
+        if problem:
+            v.notes.append("the output of a timed call was wrong for the input it was given (results cached or "
+                           "replayed across calls do not count): " + problem)
+            return v
+    if part.fresh is not None:
+        problem = _judged(ex, mine.get("fresh", Problem("no output came back")), part.case(part.fresh(), "a fresh input"))
+        if problem:
+            v.notes.append("after timing, your code gave a wrong answer on a fresh input (cached results do not "
+                           "count): " + problem)
+            return v
+    yours, theirs = float(mine["median_ms"]), float(base["median_ms"])
+    ratio = theirs / yours if yours > 0 else math.inf
+    wall = float(mine.get("wall_ms", 0.0))
+    if wall > WALL_SLACK * yours + 0.02:
+        v.notes.append(f"your call takes {wall:.3f} ms of device-wide wall time but {yours:.3f} ms on the timed "
+                       "stream (work on another stream?): the wall time counts")
+        ratio = min(ratio, theirs / wall)
+    from .. import bench
+
+    flops = part.flops(args()) if callable(part.flops) else part.flops
+    tp = bench.throughput(yours, bytes=part.bytes_moved, flops=flops)
+    v.details.update({"ratio": ratio, "yours_ms": yours, "baseline_ms": theirs, "wall_ms": wall,
+                      "yours_spread": mine.get("spread"), "baseline_spread": base.get("spread"),
+                      "gbs": tp.gbs, "tflops": tp.tflops, "threshold": part.threshold})
+    if prov:
+        v.details["kernels"] = ", ".join(prov.get("ran", [])[:8])
+    v.details.update(part.extra)
+    v.notes.append(f"yours {yours:.3f} ms, {part.baseline_name} {theirs:.3f} ms (medians); yours: {tp}")
+    if part.explain is not None:
+        v.notes.append(part.explain(ratio))
+    if ratio >= part.threshold:
+        v.points = points
+        v.notes.append(f"speed-up {ratio:.2f}× ≥ {part.threshold:g}×: full points")
+    else:
+        v.notes.append(f"speed-up {ratio:.2f}× < {part.threshold:g}×" + (f": {part.advice}" if part.advice else ""))
+    return v
+
+
+def _provenance_problem(prov: dict | None) -> str | None:
+    if not prov:
+        return "no record of the kernels your call launched came back"
+    from .instructor import reference_kernel_names
+
+    ran = prov.get("ran", [])
+    forbidden = sorted(set(ran) & reference_kernel_names())
+    if forbidden:
+        return f"your code launches effilab's reference kernel(s) {forbidden}; write your own"
+    if not prov.get("own_ran"):
+        return ("the timed call does not launch a Triton kernel defined in your notebook (launched: "
+                f"{', '.join(ran[:6]) or 'nothing'}; yours: {', '.join(prov.get('own', [])) or 'none found'})")
+    return None
+
+
+def decide_memory(ex: Exercise, part: MemoryPart, mine: dict, base: dict, suite: str = "public") -> Verdict:
+    points = float(ex.points.get("memory", 0.0))
+    v = Verdict(ex.name, "memory", 0.0, points, suite=suite)
+    if part.use_cuda() and not torch.cuda.is_available():
+        return _not_on_cpu(ex, "memory", part.cpu_note)
+    out = mine.get("output", Problem("no output came back"))
+    if isinstance(out, Problem):
+        v.notes.append(f"not measured: your code failed on the measured input — {out.message}"
+                       + (f" (hint: {out.hint})" if out.hint else ""))
+        return v
+    try:
+        problem = part.check(out, part.inputs())
+    except Exception as exc:
+        problem = f"could not compare your output ({type(exc).__name__}: {str(exc)[:300]})"
+    if problem:
+        v.notes.append(f"not measured: your result is wrong on the measured input — {problem}")
+        return v
+    from ..memory import format_bytes
+
+    peak = int(mine["peak_bytes"])
+    v.details.update(part.extra)
+    if part.ratio is not None:
+        baseline = max(1, int(base["peak_bytes"]))
+        ratio = peak / baseline
+        ok = ratio <= part.ratio
+        v.details.update({"ratio": ratio, "yours_bytes": peak, "baseline_bytes": baseline, "threshold": part.ratio})
+        v.notes.append(f"{part.what}: yours {format_bytes(peak)}, baseline {format_bytes(baseline)}, ratio {ratio:.3f} "
+                       f"({'≤' if ok else '>'} {part.ratio:.3f})")
+    else:
+        ok = peak <= int(part.budget_bytes)
+        v.details.update({"peak_bytes": peak, "budget_bytes": int(part.budget_bytes)})
+        v.notes.append(f"extra peak memory of your call: {format_bytes(peak)} (budget {format_bytes(part.budget_bytes)}"
+                       + (f"; {part.what}" if part.what else "") + ")")
+    if ok:
+        v.points = points
+        v.notes.append("within the budget: full points")
+    else:
+        v.notes.append("over the budget" + (f": {part.advice}" if part.advice else ""))
+    return v
+
+
+# ----------------------------------------------------------------------------------------------
+# The self-check: all three sides in the notebook's process
+# ----------------------------------------------------------------------------------------------
+def self_check(ex: Exercise, part: str, fn: Callable, key) -> Verdict:
+    if part == "speed":
+        spec = ex.speed_part(key)
+        if not torch.cuda.is_available():
+            return decide_speed(ex, spec, {}, {}, key.suite)
+        base = baseline_speed(spec)
+        return decide_speed(ex, spec, measure_speed(ex, spec, fn), base, key.suite)
+    if part == "memory":
+        spec = ex.memory_part(key)
+        if spec.use_cuda() and not torch.cuda.is_available():
+            return decide_memory(ex, spec, {}, {}, key.suite)
+        base = baseline_memory(spec)
+        return decide_memory(ex, spec, measure_memory(ex, spec, fn), base, key.suite)
+    raise ValueError(part)
