@@ -18,6 +18,9 @@ import statistics
 import torch
 
 from ...formats import FORMATS, FloatFormat, ValueClass, bf16_neighbours, bit_patterns, bits_of, from_bits
+# Taken at import: the grader traps the student-facing name while graded code runs (grader.traps),
+# so the checker's speed baseline must be its own reference, never a lazy import inside speed().
+from ...formats import stochastic_round_bf16_torch as _sr_bf16_torch
 from ..compare import compare_tensors, format_value
 from ..core import Case, Exercise, Group, case_seeds, default_device, register, speed_verdict
 
@@ -355,12 +358,10 @@ class StochasticRoundBF16(Exercise):
         return None
 
     def speed(self, fn, seed):
-        from ...formats import stochastic_round_bf16_torch
-
         dev = "cuda" if torch.cuda.is_available() else "cpu"
         x = _sr_values(case_seeds("hidden", seed)[0], (SR_SPEED_N,), dev) if dev == "cuda" else None
         return speed_verdict(
-            self, fn, baseline=stochastic_round_bf16_torch, args=(x, 7), threshold=SR_SPEED_THRESHOLD,
+            self, fn, baseline=_sr_bf16_torch, args=(x, 7), threshold=SR_SPEED_THRESHOLD,
             gate=Case("the timed input (2^28 values)", (x, 7), meta={"check": "neighbours"}),
             fresh_gate=Case("a fresh input after timing", (_sr_values(seed + 99, (SR_SPEED_N,), dev), 8),
                             meta={"check": "neighbours"}) if dev == "cuda" else None,

@@ -26,6 +26,12 @@ from ..core import NOT_ON_CPU, Case, Exercise, Group, Verdict, case_seeds, defau
 
 NOTEBOOK = "08_operator_fusion"
 
+# The checker's own references, taken at import: while graded code runs the grader replaces these
+# student-facing names by trapping stubs (grader.traps), so the references and baselines below
+# never look them up through torch.nn.functional at call time.
+_silu = F.silu
+_cross_entropy = F.cross_entropy
+
 # Speed and memory thresholds: calibrated from benchmarks/RESULTS.md (H100, bf16; see
 # benchmarks/gpu/nb08.sh, which prints the reference solution's ratios three times each).
 RMS_SPEED_THRESHOLD = 2.0  # the brief's goal; H100: 7.2–11.1× measured (benchmarks/RESULTS.md); × the unfused eager RMSNorm (fp32 then cast)
@@ -194,7 +200,7 @@ class RMSNorm(Exercise):
 # ==============================================================================================
 def swiglu_eager(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """silu(a) * b in fp32, cast back: the reference and the speed baseline."""
-    return (F.silu(a.float()) * b.float()).to(a.dtype)
+    return (_silu(a.float()) * b.float()).to(a.dtype)
 
 
 def swiglu_backward_reference(a, b, grad_out):
@@ -305,7 +311,7 @@ IGNORE_INDEX = -100
 
 def cross_entropy_reference(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over the rows whose target is not −100, in float64, as a 0-dim fp32 tensor."""
-    return F.cross_entropy(logits.double(), target, ignore_index=IGNORE_INDEX).float()
+    return _cross_entropy(logits.double(), target, ignore_index=IGNORE_INDEX).float()
 
 
 def _ce_inputs(s, n, v, dtype, dev, scale=3.0, offset=0.0, ignore=0.0):
