@@ -147,7 +147,7 @@ def test_effilab_reference_kernel_is_not_the_students():
         return _theirs(x, w, eps)
     """)
     problem = _problem(ns["rms_norm"], *_rms_args())
-    assert "launches Triton kernels that are not yours" in problem and "effilab" in problem
+    assert "launches Triton kernels that are not yours: _rms_norm_fwd_kernel (ops/rmsnorm.py)" in problem
 
 
 def test_no_kernel_at_all_fails_with_its_own_message():
