@@ -352,6 +352,9 @@ def test_kernel_defined_outside_notebook_code_is_not_the_students():
     assert provenance.is_student_code(code)
     assert not provenance.is_student_code(code, student_files={"<your cell rms_norm_solution>"})
     assert not provenance.is_student_code(provenance.own_work_problem.__code__)
+    # a cell run by ipykernel (Jupyter, nbclient) is compiled under a temp-file name
+    assert provenance.is_student_code(compile("x = 1", "/tmp/ipykernel_4242/3141592653.py", "exec"))
+    assert not provenance.is_student_code(compile("x = 1", "/tmp/ipykernel_4242/helper.py", "exec"))
 
 
 # ----------------------------------------------------------------------------------------------

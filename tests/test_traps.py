@@ -168,3 +168,28 @@ def test_checker_baselines_hold_their_own_references_under_the_traps():
             torch.nn.functional.silu(a)  # while the student-facing name is trapped
     finally:
         armed()
+
+
+def test_a_route_the_traps_do_not_name_is_caught_by_the_op_audit():
+    """Defence in depth: the aten op beneath a trapped name still counts as library compute."""
+    from effilab.grading.provenance import OwnWorkError
+
+    armed = arm(names_for(core.get("rms_norm")), exercise="rms_norm")
+    try:
+        ns = student("""
+        import triton, triton.language as tl
+        @triton.jit
+        def token_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+            offs = tl.arange(0, BLOCK)
+            tl.store(y_ptr + offs, tl.load(x_ptr + offs, mask=offs < n), mask=offs < n)
+        def rms_norm(x, w, eps=1e-6):
+            y = torch._C._VariableFunctions.rms_norm(x, [x.shape[-1]], w, eps)   # not a trapped name
+            out = torch.empty_like(y)
+            token_kernel[(1,)](y, out, y.numel(), BLOCK=1024)
+            return out
+        """)
+        fn = checked(ns["rms_norm"], kernel_rule("rms_norm"))
+        with pytest.raises(OwnWorkError, match="computes with PyTorch ops"):
+            fn(torch.randn(4, 8), torch.ones(8))
+    finally:
+        armed()

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import sysconfig
 from typing import Any, Callable, Collection
@@ -29,6 +30,9 @@ class OwnWorkError(RuntimeError):
 # Whose code is it?
 # ----------------------------------------------------------------------------------------------
 _PSEUDO_FILES = ("<string>", "<stdin>", "<unknown>")
+# ipykernel names each cell's code after a hash in a per-process temp folder:
+# /tmp/ipykernel_<pid>/<hash>.py (so debuggers can open it); that is notebook code too.
+_IPYKERNEL_CELL = re.compile(r"[/\\]ipykernel_\d+[/\\]\d+\.py$")
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _STDLIB = sysconfig.get_paths()["stdlib"] + os.sep
 try:
@@ -46,13 +50,16 @@ except ImportError:  # Triton missing: nothing can launch; the recorder still au
 def is_student_code(code, student_files: Collection[str] | None = None) -> bool:
     """Whether a code object was compiled from notebook code.
 
-    The grader execs each cell under a name such as ``<your cell rms_norm_solution>`` and IPython
-    under ``<ipython-input-…>``; effilab's, torch's and Triton's kernels live in files. With
-    ``student_files`` (the exact cell filenames the grader used) only those count.
+    The grader execs each cell under a name such as ``<your cell rms_norm_solution>``, IPython
+    under ``<ipython-input-…>`` and ipykernel under ``/tmp/ipykernel_<pid>/<hash>.py``; effilab's,
+    torch's and Triton's kernels live in package files. With ``student_files`` (the exact cell
+    filenames the grader used) only those count.
     """
     name = getattr(code, "co_filename", "") or ""
     if student_files is not None:
         return name in student_files
+    if _IPYKERNEL_CELL.search(name):
+        return True
     return name.startswith("<") and not name.startswith("<frozen") and name not in _PSEUDO_FILES
 
 
