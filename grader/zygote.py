@@ -106,10 +106,14 @@ def run_part(part: dict, fd: int, scratch: str) -> None:
 
     from . import sandbox
 
+    from . import traps
+
     ex = core.get(part["exercise"])
+    armed = traps.arm(traps.names_for(ex), exercise=ex.name)  # before the audit hook: arming may import
     sandbox.install(deny_read=part.get("deny_read", []),
                     allow_write=[scratch, "/tmp", "/dev/shm", os.path.expanduser("~")])
     integrity = sandbox.Integrity()
+    integrity.items += [(owner, name, stub) for owner, name, stub in armed.bindings]
     notes: list[str] = []
     with quiet() as captured:
         ns = _exec_cells(part["code"], notes)
@@ -214,10 +218,11 @@ def _preload() -> None:
         pass
     import effilab.bench  # noqa: F401
     import effilab.grading.measure  # noqa: F401
+    import effilab.grading.provenance  # noqa: F401  (its launch hooks capture Triton's own methods now)
     import effilab.grading.wire  # noqa: F401
     from effilab.grading import core
 
-    from . import sandbox  # noqa: F401
+    from . import sandbox, traps  # noqa: F401
 
     core._load_specs()
     if torch.cuda.is_initialized():

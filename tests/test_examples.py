@@ -56,7 +56,7 @@ def test_reference_gets_every_correctness_point(ex):
     for suite, seed in [("public", 0)] + [("hidden", s) for s in HIDDEN_SECRETS]:
         v = check(ex.name, fn, suite=suite, seed=seed, verbose=False)
         assert v.passed and v.points == v.max_points, v.report()
-        assert len(v.groups) >= 3 and all(g.n_cases >= 5 for g in v.groups), v.report()
+        assert len(v.groups) >= 2 and all(g.n_cases >= 5 for g in v.groups), v.report()
 
 
 def test_hidden_inputs_differ_from_the_public_ones_and_between_courses():
@@ -104,7 +104,8 @@ def test_each_classic_mistake_costs_exactly_its_groups(a, i, bug):
     ns = solution_namespace(REPO / "solutions" / f"{a}.ipynb", {bug["cell"]: (bug["old"], bug["new"])})
     v = check(bug["exercise"], ns[bug["exercise"]], verbose=False)
     assert failed(v) == sorted(bug["lost"]), v.report()
-    assert v.points == bug["points"] and "hint:" in v.report()
+    assert v.points == bug["points"]
+    assert "hint:" in v.report() or not bug["lost"]
 
 
 @pytest.mark.parametrize("a", [a for a in ASSIGNMENTS if _bugs(a)])

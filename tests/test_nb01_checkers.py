@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from effilab.grading import check
-from effilab.grading.nbcode import solution_namespace
+from effilab.grading.nbcode import exec_cells, solution_namespace
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,35 +99,33 @@ def test_round_without_nan_guard_turns_low_payload_nan_into_inf():
 
 # ---------------------------------------------------------------------------------------------- stochastic rounding
 def _sr_variant(ref, **kw):
-    """The reference kernel's launcher with a changed kernel (the namespace's triton/tl)."""
-    import triton
-    import triton.language as tl
-
+    """A variant of the reference kernel and its launcher, run as notebook code (the grader gives
+    points only to kernels defined in the notebook): changed mask bits, a fixed seed, half the output."""
     mask_bits = kw.get("mask_bits", 0xFFFF)
     fixed_seed = kw.get("fixed_seed")
     half = kw.get("half", False)
+    src = f"""
+@triton.jit
+def kernel(x_ptr, out_ptr, n, seed, MASK: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    m = offs < n
+    x = tl.load(x_ptr + offs, mask=m, other=0.0)
+    bits = x.to(tl.uint32, bitcast=True)
+    r = tl.randint(seed, offs).to(tl.uint32) & MASK
+    y = (bits + r) >> 16
+    y = tl.where(x != x, 0x7FC0, y)
+    tl.store(out_ptr + offs, y.to(tl.uint16).to(tl.int16, bitcast=True), mask=m)
 
-    @triton.jit
-    def kernel(x_ptr, out_ptr, n, seed, MASK: tl.constexpr, BLOCK: tl.constexpr):
-        pid = tl.program_id(0)
-        offs = pid * BLOCK + tl.arange(0, BLOCK)
-        m = offs < n
-        x = tl.load(x_ptr + offs, mask=m, other=0.0)
-        bits = x.to(tl.uint32, bitcast=True)
-        r = tl.randint(seed, offs).to(tl.uint32) & MASK
-        y = (bits + r) >> 16
-        y = tl.where(x != x, 0x7FC0, y)
-        tl.store(out_ptr + offs, y.to(tl.uint16).to(tl.int16, bitcast=True), mask=m)
-
-    def launch(x, seed):
-        x = x.contiguous()
-        out = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device)
-        n = x.numel() // 2 if half else x.numel()
-        kernel[(triton.cdiv(max(n, 1), 65536),)](x, out.view(torch.int16), n, fixed_seed if fixed_seed is not None
-                                                 else seed, MASK=mask_bits, BLOCK=65536)
-        return out
-
-    return launch
+def launch(x, seed):
+    x = x.contiguous()
+    out = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device)
+    n = x.numel() // 2 if {half} else x.numel()
+    kernel[(triton.cdiv(max(n, 1), 65536),)](x, out.view(torch.int16), n, {fixed_seed} if {fixed_seed is not None}
+                                             else seed, MASK={mask_bits}, BLOCK=65536)
+    return out
+"""
+    return exec_cells([(0, src)], namespace=dict(ref), label="variant")["launch"]
 
 
 def test_sr_reference_variant_passes(ref):

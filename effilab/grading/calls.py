@@ -205,6 +205,9 @@ def _student_traceback(exc: BaseException, limit: int = 3) -> str:
 
 def describe_exception(exc: BaseException) -> tuple[str, str]:
     """(message, hint) for an exception raised by the student's code."""
+    if type(exc).__name__ == "OwnWorkError":  # effilab.grading.provenance: the work was not the student's kernel
+        return (str(exc), "do the computation inside your own @triton.jit kernel; around it use only allocation, "
+                          "views and copies")
     if isinstance(exc, NotImplementedError) or "NotImplementedError" in repr(exc):
         return ("your function raised NotImplementedError: the exercise is not filled in yet",
                 "replace `raise NotImplementedError()` with your implementation, run that cell, then this one")

@@ -202,8 +202,9 @@ class Exercise:
     forbidden: tuple[str, ...] = ()
     forbidden_source: tuple[tuple[str, str], ...] = ()
     # A kernel exercise: the returned tensors must be written by Triton kernels defined in the
-    # notebook, with no library compute in the call (effilab.grading.provenance).
-    kernel: bool = False
+    # notebook, with no library compute in the call (effilab.grading.provenance). True, or a
+    # provenance.KernelRule that allows an epilogue of a few torch ops.
+    kernel = False
     # Why this exercise's judge needs the live output in the sandbox; empty: judged from plain data.
     live_judge: str = ""
 
@@ -230,7 +231,13 @@ class Exercise:
 
 
 def run_case(ex: Exercise, fn: Callable, case: Case) -> Any:
-    """``ex.run(fn, case)`` that never raises: an exception escaping a run is the student's."""
+    """``ex.run(fn, case)`` that never raises: an exception escaping a run is the student's. In a
+    kernel exercise every call of ``fn`` is recorded and must be the student's own kernel work
+    (:func:`effilab.grading.provenance.checked`)."""
+    if ex.kernel:
+        from .provenance import checked, kernel_rule
+
+        fn = checked(fn, kernel_rule(ex))
     try:
         return ex.run(fn, case)
     except Exception as exc:

@@ -8,18 +8,17 @@ know which files those are derives it from the marker, by reading the files (no 
 * the grader's static check and the sandbox's traps forbid importing them in graded code
   (:func:`instructor_modules`);
 * ``effilab.ops`` imports them where they exist (:func:`present_instructor_modules`), so in the
-  student edition they are simply absent — a real import error in either edition still raises;
-* the speed check refuses a timed call that launches one of their kernels
-  (:func:`reference_kernel_names`, the ``@triton.jit`` functions they define).
+  student edition they are simply absent — a real import error in either edition still raises.
+
+(A kernel exercise needs no list of the reference kernels: its points go only to kernels whose
+code comes from the notebook, :mod:`effilab.grading.provenance`.)
 """
 from __future__ import annotations
 
-import ast
 import functools
 from pathlib import Path
 
-__all__ = ["MARKER", "is_instructor_only", "instructor_modules", "present_instructor_modules",
-           "reference_kernel_names", "PACKAGE_ROOT"]
+__all__ = ["MARKER", "is_instructor_only", "instructor_modules", "present_instructor_modules", "PACKAGE_ROOT"]
 
 MARKER = "# effilab: instructor-only"
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the effilab package folder
@@ -62,27 +61,3 @@ def instructor_modules(root: Path = PACKAGE_ROOT) -> tuple[str, ...]:
 def present_instructor_modules(package: str, root: Path = PACKAGE_ROOT) -> list[str]:
     """The instructor-only modules directly inside ``package`` that this edition ships."""
     return [name for name in instructor_modules(root) if name.rpartition(".")[0] == package]
-
-
-def _jit_names(path: str) -> set[str]:
-    try:
-        tree = ast.parse(Path(path).read_text(encoding="utf-8"))
-    except (OSError, SyntaxError):
-        return set()
-    out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef):
-            for d in node.decorator_list:
-                target = d.func if isinstance(d, ast.Call) else d
-                text = ast.unparse(target)
-                if text.endswith("jit") or text.endswith("autotune") or text.endswith("heuristics"):
-                    out.add(node.name)
-    return out
-
-
-def reference_kernel_names(root: Path = PACKAGE_ROOT) -> set[str]:
-    """Names of the Triton kernels the instructor-only modules define (a timed call may not launch them)."""
-    names: set[str] = set()
-    for _, path in _marked(str(root)):
-        names |= _jit_names(path)
-    return names

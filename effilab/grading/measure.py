@@ -172,44 +172,6 @@ def _wall_ms(call: Callable[[], Any], n: int = 10) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# Kernel provenance of a timed call (GPU)
-# ----------------------------------------------------------------------------------------------
-def student_kernel_names(fn: Callable) -> set[str]:
-    """Names of the ``@triton.jit`` kernels defined in the student's code (``fn``'s module globals)."""
-    names = set()
-    for obj in list(getattr(fn, "__globals__", {}).values()):
-        mod = getattr(obj, "__module__", "") or ""
-        if type(obj).__name__ in ("JITFunction", "Autotuner", "Heuristics") and not mod.startswith(("effilab", "triton")):
-            inner = obj
-            while hasattr(inner, "fn") and type(inner).__name__ != "JITFunction":
-                inner = inner.fn
-            names.add(getattr(inner, "__name__", "") or getattr(getattr(inner, "fn", None), "__name__", ""))
-    return {n for n in names if n}
-
-
-def launched_kernels(call: Callable[[], Any]) -> list[str]:
-    """CUDA kernel names launched by one ``call()`` (torch.profiler), in order, without duplicates."""
-    from torch.profiler import ProfilerActivity, profile
-
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        call()
-        torch.cuda.synchronize()
-    seen: dict[str, None] = {}
-    for evt in prof.events():
-        if getattr(evt, "device_type", None) is not None and "CUDA" in str(evt.device_type):
-            seen.setdefault(evt.name, None)
-    return list(seen)
-
-
-def _provenance(fn: Callable, call: Callable[[], Any]) -> dict:
-    own = sorted(student_kernel_names(fn))
-    ran = launched_kernels(call)
-    return {"own": own, "ran": ran[:20],
-            "own_ran": any(any(k == n or k.startswith(n) for k in ran) for n in own)}
-
-
-# ----------------------------------------------------------------------------------------------
 # The student's side (the sandbox when grading)
 # ----------------------------------------------------------------------------------------------
 def measure_speed(ex: Exercise, part: SpeedPart, fn: Callable) -> dict:
@@ -222,8 +184,10 @@ def measure_speed(ex: Exercise, part: SpeedPart, fn: Callable) -> dict:
     with _ctx(part):
         nonce = int.from_bytes(os.urandom(6), "big")
         call, state = _timed_call(part, fn, args, nonce)
-        if part.own_kernels:
-            res["provenance"] = _provenance(fn, lambda: fn(*args))
+        if part.own_kernels:  # the device's own record of what ran (torch.profiler): effilab.grading.gpushare
+            from .gpushare import gpu_time_share
+
+            res["provenance"] = gpu_time_share(lambda: fn(*args))
         t = _time(call)
         wall = _wall_ms(call)
     res.update({"nonce": nonce, "count": state["count"], "median_ms": t.median_ms, "spread": t.spread,
@@ -363,7 +327,8 @@ def decide_speed(ex: Exercise, part: SpeedPart, mine: dict, base: dict, suite: s
                       "yours_spread": mine.get("spread"), "baseline_spread": base.get("spread"),
                       "gbs": tp.gbs, "tflops": tp.tflops, "threshold": part.threshold})
     if prov:
-        v.details["kernels"] = ", ".join(prov.get("ran", [])[:8])
+        v.details["own_share"] = prov.get("share")
+        v.details["kernels"] = ", ".join(str(k.get("name", ""))[:60] for k in prov.get("kernels", [])[:6])
     v.details.update(part.extra)
     v.notes.append(f"yours {yours:.3f} ms, {part.baseline_name} {theirs:.3f} ms (medians); yours: {tp}")
     if part.explain is not None:
@@ -377,18 +342,12 @@ def decide_speed(ex: Exercise, part: SpeedPart, mine: dict, base: dict, suite: s
 
 
 def _provenance_problem(prov: dict | None) -> str | None:
+    """The timed call's GPU time must be the student's own kernels (≥ 90 %, no library compute)."""
     if not prov:
         return "no record of the kernels your call launched came back"
-    from .instructor import reference_kernel_names
+    from .gpushare import share_problem
 
-    ran = prov.get("ran", [])
-    forbidden = sorted(set(ran) & reference_kernel_names())
-    if forbidden:
-        return f"your code launches effilab's reference kernel(s) {forbidden}; write your own"
-    if not prov.get("own_ran"):
-        return ("the timed call does not launch a Triton kernel defined in your notebook (launched: "
-                f"{', '.join(ran[:6]) or 'nothing'}; yours: {', '.join(prov.get('own', [])) or 'none found'})")
-    return None
+    return share_problem(prov)
 
 
 def decide_memory(ex: Exercise, part: MemoryPart, mine: dict, base: dict, suite: str = "public") -> Verdict:

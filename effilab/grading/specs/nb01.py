@@ -18,6 +18,9 @@ import statistics
 import torch
 
 from ...formats import FORMATS, FloatFormat, ValueClass, bf16_neighbours, bit_patterns, bits_of, from_bits
+# Taken at import: the grader traps the student-facing name while graded code runs (grader.traps),
+# so the checker's speed baseline must be its own reference, never a lazy import inside speed().
+from ...formats import stochastic_round_bf16_torch as _sr_bf16_torch
 from ..compare import compare_tensors, format_value
 from ..calls import Problem, call_student
 from ..core import Case, Exercise, Group, case_seeds, default_device, register
@@ -367,11 +370,9 @@ class StochasticRoundBF16(Exercise):
         return None
 
     def speed_part(self, key):
-        from ...formats import stochastic_round_bf16_torch
-
         s = key.derive("speed")
         return SpeedPart(
-            inputs=lambda: (_sr_values(s, (SR_SPEED_N,), "cuda"), 7), baseline=stochastic_round_bf16_torch,
+            inputs=lambda: (_sr_values(s, (SR_SPEED_N,), "cuda"), 7), baseline=_sr_bf16_torch,
             threshold=SR_SPEED_THRESHOLD, gate_label="the timed input (2^28 values)", meta={"check": "neighbours"},
             fresh=lambda: (_sr_values(s + 99, (SR_SPEED_N,), "cuda"), 8), own_kernels=True,
             bytes_moved=SR_SPEED_N * (4 + 2), baseline_name="eager PyTorch",

@@ -239,7 +239,8 @@ class ScaledLR(Exercise):
         sq = [Case(f"sqrt, {a}", (*a, "sqrt"), meta={"rule": "sqrt"}) for a in draws(5)]
         down = [Case(f"{r}, smaller batch {a}", (*a, r), meta={"rule": r}) for a in draws(5, up=False)
                 for r in ("linear", "sqrt")]
-        bad = [Case(f"rule {r!r}", (1e-3, 32, 64, r), meta={"rule": "bad"}) for r in ("cubic", "Linear ", "")]
+        bad = [Case(f"rule {r!r}", (1e-3, 32, 64, r), meta={"rule": "bad"})
+               for r in ("cubic", "Linear ", "", "SQRT", "sqrt2")]
         return [
             Group("linear rule (Goyal et al. 2017)", lin, "linear: lr × new_batch / base_batch"),
             Group("square-root rule (Krizhevsky 2014; Adam-like optimizers)", sq,

@@ -22,8 +22,15 @@ import torch.nn.functional as F
 from ..compare import compare_tensors
 from ..core import Case, Exercise, Group, case_seeds, default_device, register
 from ..measure import MemoryPart, SpeedPart
+from ..provenance import KernelRule
 
 NOTEBOOK = "08_operator_fusion"
+
+# The checker's own references, taken at import: while graded code runs the grader replaces these
+# student-facing names by trapping stubs (grader.traps), so the references and baselines below
+# never look them up through torch.nn.functional at call time.
+_silu = F.silu
+_cross_entropy = F.cross_entropy
 
 # Speed and memory thresholds: calibrated from benchmarks/RESULTS.md (H100, bf16; see
 # benchmarks/gpu/nb08.sh, which prints the reference solution's ratios three times each).
@@ -155,7 +162,7 @@ class RMSNorm(Exercise):
 # ==============================================================================================
 def swiglu_eager(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """silu(a) * b in fp32, cast back: the reference and the speed baseline."""
-    return (F.silu(a.float()) * b.float()).to(a.dtype)
+    return (_silu(a.float()) * b.float()).to(a.dtype)
 
 
 def swiglu_backward_reference(a, b, grad_out):
@@ -266,7 +273,7 @@ IGNORE_INDEX = -100
 
 def cross_entropy_reference(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over the rows whose target is not −100, in float64, as a 0-dim fp32 tensor."""
-    return F.cross_entropy(logits.double(), target, ignore_index=IGNORE_INDEX).float()
+    return _cross_entropy(logits.double(), target, ignore_index=IGNORE_INDEX).float()
 
 
 def _ce_inputs(s, n, v, dtype, dev, scale=3.0, offset=0.0, ignore=0.0):
@@ -287,7 +294,9 @@ class CrossEntropy(Exercise):
     forbidden = ("torch.nn.functional.cross_entropy", "torch.nn.functional.log_softmax", "torch.nn.functional.nll_loss",
                  "torch.nn.CrossEntropyLoss", "effilab.ops")
     notebook = NOTEBOOK
-    kernel = True  # the work is done by the student's own Triton kernels
+    # the student's kernel writes one loss per row; the mean over the non-ignored rows may be taken with torch
+    kernel = KernelRule(frozenset({"sum", "ne", "eq", "div", "clamp", "clamp_min"}),
+                        "the mean of your kernel's per-row losses over the non-ignored rows")
     title = "Cross-entropy with an online softmax over vocabulary chunks"
     points = {"correctness": 3.0, "memory": 1.0}
     signature = "cross_entropy(logits: torch.Tensor[N, V], target: torch.Tensor[N] (int64)) -> 0-dim fp32 tensor"
