@@ -191,9 +191,10 @@ def python_trees() -> list[str]:
 
 
 def project_roots(repo: Path) -> list[str]:
-    """Repositories of this course the jail must only see the packages of: ``repo`` and any
-    checkout an editable install points at (the venv's ``effilab`` may come from another one)."""
-    roots = [os.path.realpath(repo)]
+    """Repositories of this course the jail must only see the packages of: ``repo``, the checkout
+    this module comes from (its jail_init.py runs first in every jail) and any checkout an
+    editable install points at (the venv's ``effilab`` may come from another one)."""
+    roots = [os.path.realpath(repo), str(REPO)]
     for d in site_dirs():
         roots += [os.path.dirname(t) for t in _editable_targets(d) if os.path.basename(t) in PACKAGES]
     return list(dict.fromkeys(roots))
@@ -358,8 +359,10 @@ class Jail:
                  if not any(_inside(t, r) for r in roots) or any(_inside(t, p) for p in prefixes)]
         for r in roots:
             binds += package_binds(r)
-        binds = list(dict.fromkeys(binds + [str(r) for r in self.readonly]))
-        masks = [m for m in roots + [str(h) for h in self.hidden]
+        hidden = [str(h) for h in self.hidden]
+        binds = [b for b in dict.fromkeys(binds + [str(r) for r in self.readonly])
+                 if not any(_inside(b, h) for h in hidden)]
+        masks = [m for m in roots + hidden
                  if os.path.exists(m) and any(_inside(m, b) and m != b for b in binds)]
 
         def covered(b: str) -> bool:  # already visible through a bind above it, with no mask in between
