@@ -418,3 +418,61 @@ def test_the_non_root_path_uses_a_user_namespace():
     assert seen["solutions"] != "ok" and seen["write repo"] != "ok" and seen["net"] == "ENETUNREACH"
     assert seen["left"] == []
     assert not (REPO / "effilab" / "x.py").exists()
+
+
+SQLITE_CHEAT = '''
+import sqlite3
+try:  # sqlite opens the file in C: the audit hook's check of open() does not see it
+    sqlite3.connect("{gb}").execute("CREATE TABLE pwned (x)")
+except Exception as e:
+    print(e)
+'''
+
+
+@pytest.mark.slow
+def test_the_grading_worker_runs_in_the_jail(tmp_path, monkeypatch):
+    """grader.verify's worker, started through Jail.popen the way the grader is to wire it (the
+    job folder as the only writable folder, the result pipe passed through): a correct exercise
+    scores, and a cheat that writes the gradebook with sqlite3 — which the in-process audit hook
+    does not see — changes nothing."""
+    import sqlite3
+    import types
+
+    import nbformat
+
+    from grader import verify
+    from grader.course import Course
+
+    course = Course(root=tmp_path / "course")
+    course.prepare()
+    verify.course_secret(course)
+    gb = course.root / "gradebook.db"
+    with sqlite3.connect(gb) as db:
+        db.execute("CREATE TABLE grade (x)")
+    tables = lambda: sorted(r[0] for r in sqlite3.connect(gb).execute("SELECT name FROM sqlite_master"))  # noqa: E731
+    started = []
+
+    def jailed_popen(cmd, pass_fds=(), env=None, start_new_session=True, **kw):
+        j = jail.Jail(writable=[Path(cmd[3])], hidden=[course.root], env={"PYTHONPATH": str(REPO)})
+        started.append(j)
+        return j.popen(cmd, pass_fds=pass_fds, **kw)
+
+    monkeypatch.setattr(verify, "subprocess", types.SimpleNamespace(**{**vars(subprocess), "Popen": jailed_popen}))
+    a = "01_float_formats"
+    nb = nbformat.read(str(REPO / "grader" / "examples" / a / f"alice_{a}.ipynb"), as_version=4)
+    cheat = nbformat.read(str(REPO / "grader" / "examples" / a / f"alice_{a}.ipynb"), as_version=4)
+    for c in cheat.cells:
+        if c.metadata.get("nbgrader", {}).get("grade_id") == "round_to_bf16_solution":
+            c.source = SQLITE_CHEAT.format(gb=gb) + c.source  # then alice's correct solution
+    paths = []
+    for who, book in (("alice", nb), ("mallory", cheat)):
+        p = tmp_path / who / f"{a}.ipynb"
+        p.parent.mkdir()
+        nbformat.write(book, str(p))
+        paths.append(p)
+    good = verify.verify_notebook(course, a, paths[0], timeout=300, log=lambda *x: None, only={"round_to_bf16_check"})
+    bad = verify.verify_notebook(course, a, paths[1], timeout=300, log=lambda *x: None, only={"round_to_bf16_check"})
+    assert len(started) == 2, bad[0].report
+    assert good[0].points == good[0].max_points > 0, good[0].report
+    assert bad[0].points == bad[0].max_points, bad[0].report  # the cheat did not break the grading
+    assert tables() == ["grade"]
