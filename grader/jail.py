@@ -180,11 +180,23 @@ def site_dirs() -> list[str]:
     return [os.path.realpath(d) for d in dict.fromkeys(dirs) if os.path.isdir(d)]
 
 
+def path_dirs() -> list[str]:
+    """Folders the grader's Python imports from that the jail's would not find by itself: the
+    absolute entries of PYTHONPATH (the GPU machine installs its nbgrader stack with
+    ``pip install --target /tmp/site``) and an active user site (the jail has another HOME)."""
+    dirs = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if os.path.isabs(p)]
+    user = site.getusersitepackages() if hasattr(site, "getusersitepackages") else ""
+    if user and user in sys.path:
+        dirs.append(user)
+    real = [os.path.realpath(d) for d in dirs if os.path.isdir(d)]
+    return [d for d in dict.fromkeys(real) if d != "/"]
+
+
 def python_trees() -> list[str]:
     """The Python installation in use: prefixes (a venv and the interpreter it was made from),
-    the interpreter's own folder, site-packages and what their ``.pth`` files add."""
+    the interpreter's own folder, site-packages and what their ``.pth`` files add, :func:`path_dirs`."""
     trees = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
-             os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))]
+             os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))] + path_dirs()
     for d in site_dirs():
         trees += [d] + _pth_dirs(d)
     return [os.path.realpath(t) for t in dict.fromkeys(trees) if os.path.isdir(t)]
@@ -319,7 +331,8 @@ class Jail:
         env.update(PATH=os.pathsep.join(bins), HOME=str(h / "home"), USER="student", LOGNAME="student",
                    TMPDIR=str(h / "tmp"), XDG_CACHE_HOME=str(h / "cache"), MPLCONFIGDIR=str(h / "cache" / "mpl"),
                    TRITON_CACHE_DIR=str(h / "cache" / "triton"), TORCHINDUCTOR_CACHE_DIR=str(h / "cache" / "inductor"),
-                   PYTHONPATH=str(self.repo), PYTHONDONTWRITEBYTECODE="1")
+                   PYTHONPATH=os.pathsep.join(dict.fromkeys([str(self.repo)] + path_dirs())),
+                   PYTHONDONTWRITEBYTECODE="1")
         env.setdefault("LANG", "C.UTF-8")
         env.update({str(k): str(v) for k, v in self.env.items()})
         return env

@@ -343,6 +343,21 @@ def test_host_environment_does_not_leak(monkeypatch, scratch):
         assert env[k].startswith(str(scratch) + "/"), k
 
 
+def test_packages_on_the_pythonpath_are_importable(monkeypatch, tmp_path, scratch):
+    """The GPU machine installs nbgrader's stack with ``pip install --target /tmp/site`` and puts it
+    on PYTHONPATH: the jail shows such folders read-only and keeps them on its own PYTHONPATH."""
+    site_dir = tmp_path / "site"
+    (site_dir / "sitemod").mkdir(parents=True)
+    (site_dir / "sitemod" / "__init__.py").write_text("VALUE = 7\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), str(site_dir)]))
+    rc, seen, err = run(jail.Jail(writable=[scratch]), """
+        import sitemod
+        print(json.dumps([sitemod.VALUE, write(os.path.join(os.path.dirname(sitemod.__file__), "x.py"))]))
+        """)
+    assert rc == 0, err
+    assert seen == [7, "EROFS"]
+
+
 TORCH_TRITON = """
     import effilab, torch, triton, triton.language as tl
     @triton.jit
