@@ -52,15 +52,14 @@ import json
 import os
 import re
 import shutil
-import signal
 import site
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .jail_proc import JailedPopen, Watchdog, descendants, kill, read_init, tree_rss, wait, watch  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 INIT = Path(__file__).resolve().with_name("jail_init.py")
@@ -406,9 +405,12 @@ class Jail:
                 bound.append(dest)
         return out
 
-    def command(self, argv: list[str]) -> list[str]:
+    def command(self, argv: list[str], info_fd: int | None = None) -> list[str]:
         """The command line that runs ``argv`` inside this jail. Prepares the writable folders
-        (HOME and caches; as root, hands them to the sandbox uid), so call it right before use."""
+        (HOME and caches; as root, hands them to the sandbox uid), so call it right before use.
+        With ``info_fd`` (inherited by bwrap), bwrap reports the jail's init there: set
+        ``proc.jail_init = read_init(r)`` on the Popen so :func:`kill` and :func:`wait` can wait
+        for the last process of the jail (:meth:`popen` does it)."""
         exe = bwrap_path()
         if exe is None:
             raise JailUnavailable(available()[1])
@@ -418,7 +420,8 @@ class Jail:
         env = [a for k, v in sorted(self.environment().items()) for a in ("--setenv", k, v)]
         spec = {"uid": self.uid, "gid": self.uid, "limits": self.limits(), "cwd": str(self.cwd)}
         init = [os.path.realpath(sys.executable), "-I", "-S", "-B", str(INIT), json.dumps(spec), "--"]
-        return [exe, *self._namespace_args(), *self.mount_args(), "--remount-ro", "/", "--chdir", "/",
+        info = ["--info-fd", str(info_fd)] if info_fd is not None else []
+        return [exe, *self._namespace_args(), *info, *self.mount_args(), "--remount-ro", "/", "--chdir", "/",
                 "--clearenv", *env, "--", *init, *map(str, argv)]
 
     def limits(self) -> dict[str, int]:
@@ -438,7 +441,8 @@ class Jail:
 
     def popen(self, argv: list[str], pass_fds=(), **popen_kwargs) -> "JailedPopen":
         """Start ``argv`` in the jail; the result is a :class:`subprocess.Popen` whose ``kill()``
-        ends the whole jail, with a memory watchdog when ``memory_bytes`` is set. ``pass_fds`` are
+        ends the whole jail and whose ``wait()`` returns once nothing of it is left, with a memory
+        watchdog when ``memory_bytes`` is set. ``pass_fds`` are
         inherited by the jailed program (e.g. a result pipe). The environment is the jail's:
         give variables through ``Jail(env=...)``, not ``env=``."""
         for bad in ("env", "preexec_fn", "user", "group", "extra_groups"):
@@ -446,7 +450,7 @@ class Jail:
                 raise TypeError(f"Jail.popen(): {bad}= is not accepted; the jail sets it (environment: Jail(env=...))")
         if popen_kwargs.pop("start_new_session", True) is not True:
             raise TypeError("Jail.popen(): start_new_session must stay True (kill() signals the jail's session)")
-        return JailedPopen(self, self.command(argv), pass_fds=tuple(pass_fds), start_new_session=True, **popen_kwargs)
+        return JailedPopen(self, argv, pass_fds=pass_fds, start_new_session=True, **popen_kwargs)
 
 
 def _chown_tree(root: Path, uid: int) -> None:
@@ -456,121 +460,3 @@ def _chown_tree(root: Path, uid: int) -> None:
     for dirpath, dirnames, filenames in os.walk(root):
         for n in dirnames + filenames:
             os.chown(os.path.join(dirpath, n), uid, uid, follow_symlinks=False)
-
-
-# ------------------------------------------------------------------------------------------------ processes
-def _proc_stat(pid: int) -> tuple[int, str, int] | None:
-    """(parent pid, state, start time) of ``pid`` from /proc, or None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return int(fields[1]), fields[0], int(fields[19])
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (from /proc: no CONFIG_PROC_CHILDREN needed). In a jail all of
-    them stay below bwrap: orphans are adopted by the jail's own init, not by the host's."""
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            st = _proc_stat(int(name))
-            if st:
-                children.setdefault(st[0], []).append(int(name))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def tree_rss(pid: int) -> int:
-    """Resident bytes of ``pid`` and all its descendants (pages shared between them count for each:
-    an overestimate, on the safe side for a limit)."""
-    page = os.sysconf("SC_PAGE_SIZE")
-    total = 0
-    for p in [pid] + descendants(pid):
-        try:
-            with open(f"/proc/{p}/statm") as fh:
-                total += int(fh.read().split()[1]) * page
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
-
-
-def kill(proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    """End a jail started from ``proc`` (the bwrap process) and everything in it, and return once
-    they are gone: SIGKILL to bwrap's session and to every process below it — the jail's init among
-    them, whose death makes the kernel kill what is left in its pid namespace — then wait for bwrap
-    and for that init. Safe to call twice or on a jail that already ended."""
-    procs = {p: _proc_stat(p) for p in descendants(proc.pid)}
-    for sig_target in [("pg", proc.pid)] + [("p", p) for p in procs]:
-        try:
-            (os.killpg if sig_target[0] == "pg" else os.kill)(sig_target[1], signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"the jail's bwrap (pid {proc.pid}) did not end within {timeout:.0f} s of SIGKILL")
-    deadline = time.monotonic() + timeout
-    for p, st in procs.items():
-        while st is not None:
-            now = _proc_stat(p)
-            if now is None or now[2] != st[2] or now[1] in "ZX":
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"process {p} of the jail did not end within {timeout:.0f} s of SIGKILL")
-            time.sleep(0.01)
-
-
-class Watchdog(threading.Thread):
-    """Kills a jail whose processes together hold more than ``limit`` resident bytes; ``reason``
-    then says so (the caller reports it instead of a bare "killed")."""
-
-    def __init__(self, proc: subprocess.Popen, limit: int, interval: float = 0.25):
-        super().__init__(daemon=True, name=f"jail-watchdog-{proc.pid}")
-        self.proc, self.limit, self.interval = proc, int(limit), interval
-        self.reason: str | None = None
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        while self.proc.poll() is None and not self._stop_event.is_set():
-            rss = tree_rss(self.proc.pid)
-            if rss > self.limit:
-                self.reason = (f"memory limit: the code used {rss / GIB:.2f} GiB of memory, more than the "
-                               f"{self.limit / GIB:.2f} GiB allowed, and was stopped")
-                kill(self.proc)
-                return
-            self._stop_event.wait(self.interval)
-
-    def stop(self) -> None:
-        self._stop_event.set()
-
-
-def watch(proc: subprocess.Popen, jail: Jail) -> Watchdog | None:
-    """Start the memory watchdog of ``jail`` on ``proc`` (None when the jail has no memory limit)."""
-    if not jail.memory_bytes:
-        return None
-    w = Watchdog(proc, jail.memory_bytes)
-    w.start()
-    return w
-
-
-class JailedPopen(subprocess.Popen):
-    """A jail's bwrap process: ``kill()`` ends the whole jail; ``limit_hit`` says whether the memory
-    watchdog stopped it."""
-
-    def __init__(self, jail: Jail, cmd: list[str], **kwargs):
-        super().__init__(cmd, **kwargs)
-        self.jail = jail
-        self.watchdog = watch(self, jail)
-
-    @property
-    def limit_hit(self) -> str | None:
-        return self.watchdog.reason if self.watchdog else None
-
-    def kill(self) -> None:
-        kill(self)

@@ -62,6 +62,7 @@ class JailedKernelManager(AsyncKernelManager):
     _run: Path | None = None
     _timer: threading.Timer | None = None
     _watchdog: jail.Watchdog | None = None
+    _proc = None  # bwrap's Popen (the provisioner forgets its own once it has waited for it)
 
     # -- start -----------------------------------------------------------------------------------
     async def _async_pre_start_kernel(self, **kw):
@@ -85,15 +86,24 @@ class JailedKernelManager(AsyncKernelManager):
 
     def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
         argv = [sys.executable, "-m", "ipykernel_launcher", "-f", self.connection_file] + list(extra_arguments or [])
-        return self._jail.command(argv)
+        self._info = os.pipe()  # bwrap reports the jail's init here (see grader.jail_proc)
+        return self._jail.command(argv, info_fd=self._info[1])
 
     async def _async_launch_kernel(self, kernel_cmd: list[str], **kw) -> None:
-        await super()._async_launch_kernel(kernel_cmd, **kw)
-        proc = self.provisioner.process
+        r, w = self._info
+        try:
+            await super()._async_launch_kernel(kernel_cmd, pass_fds=(w,), **kw)
+        finally:
+            os.close(w)
+        proc = self._proc = self.provisioner.process
+        try:
+            proc.jail_init = await asyncio.to_thread(jail.read_init, r)
+        finally:
+            os.close(r)
         self._timer = threading.Timer(self.time_limit, self._expire, args=(proc,))
         self._timer.daemon = True
         self._timer.start()
-        self._watchdog = jail.watch(proc, self._jail)
+        self._watchdog = jail.watch(proc, self._jail.memory_bytes)
 
     async def _async_post_start_kernel(self, **kw) -> None:
         await super()._async_post_start_kernel(**kw)
@@ -124,7 +134,7 @@ class JailedKernelManager(AsyncKernelManager):
 
     def stop(self, reason: str) -> None:
         """Kill the jail now, recording why (:class:`JailedExecute` reports it in the notebook)."""
-        proc = self.provisioner.process if self.provisioner else None
+        proc = self._proc
         if proc is not None and proc.poll() is None:
             self.stop_reason = self.stop_reason or reason
             jail.kill(proc)
@@ -134,13 +144,13 @@ class JailedKernelManager(AsyncKernelManager):
             return self.stop_reason
         if self._watchdog and self._watchdog.reason:
             return self._watchdog.reason
-        proc = self.provisioner.process if self.provisioner else None
+        proc = self._proc
         code = proc.returncode if proc is not None else None
         return (f"the kernel died (exit code {code}): did the code exit, crash the interpreter or run out of "
                 "memory?")
 
     async def _async_kill_kernel(self, restart: bool = False) -> None:
-        proc = self.provisioner.process if self.provisioner else None
+        proc = self._proc
         if proc is not None:
             await asyncio.to_thread(jail.kill, proc)
         await super()._async_kill_kernel(restart=restart)
@@ -172,9 +182,9 @@ class JailedKernelManager(AsyncKernelManager):
             self._timer.cancel()
         if self._watchdog:
             self._watchdog.stop()
-        proc = self.provisioner.process if self.provisioner else None
-        if proc is not None and proc.poll() is None:
-            jail.kill(proc)
+        proc = self._proc
+        if proc is not None:
+            jail.kill(proc)  # also when it ended: returns once the jail's last process is gone
         for d in (self._scratch, self._run):
             if d is not None:
                 shutil.rmtree(d, ignore_errors=True)
