@@ -231,6 +231,10 @@ def gpu_present() -> bool:
 
 
 def gpu_devices() -> list[str]:
+    """The GPU device nodes to bind. The jail's /dev cannot create nodes, and the driver creates
+    /dev/nvidia-uvm only on first use: create it first where ``nvidia-modprobe`` can."""
+    if glob.glob("/dev/nvidia[0-9]*") and not os.path.exists("/dev/nvidia-uvm") and shutil.which("nvidia-modprobe"):
+        subprocess.run(["nvidia-modprobe", "-u", "-c=0"], capture_output=True)
     return sorted(glob.glob("/dev/nvidia*")) + (["/dev/dri"] if os.path.isdir("/dev/dri") else [])
 
 

@@ -381,6 +381,45 @@ def test_torch_and_triton_run_inside(scratch):
     assert seen == {"triton": True, "grad": True, "interpreter": "1"}
 
 
+def test_a_gpu_jail_has_no_address_space_limit(scratch):
+    """CUDA reserves terabytes of virtual memory: with a GPU the memory limit is the watchdog's only."""
+    assert "RLIMIT_AS" not in jail.Jail(writable=[scratch], gpu=True, memory_bytes=8 << 30).limits()
+    assert jail.Jail(writable=[scratch], gpu=False, memory_bytes=8 << 30).limits()["RLIMIT_AS"] == 8 << 30
+
+
+GPU_CODE = """
+    import effilab, torch, triton, triton.language as tl
+    @triton.jit
+    def add(x, y, out, n, BLOCK: tl.constexpr):
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = i < n
+        tl.store(out + i, tl.load(x + i, mask=m) + tl.load(y + i, mask=m), mask=m)
+    n = 1 << 20
+    x, y = torch.randn(n, device="cuda"), torch.randn(n, device="cuda")
+    out = torch.empty_like(x)
+    add[(triton.cdiv(n, 1024),)](x, y, out, n, BLOCK=1024)
+    torch.cuda.synchronize()
+    a = torch.randn(2048, 2048, device="cuda", dtype=torch.bfloat16)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record(); a @ a; end.record(); torch.cuda.synchronize()
+    print(json.dumps({"cuda": torch.cuda.is_available(), "name": torch.cuda.get_device_name(),
+                      "triton": bool(torch.allclose(out, x + y)), "interpreter": os.environ.get("TRITON_INTERPRET"),
+                      "event_ms": start.elapsed_time(end), "cache": sorted(os.listdir(os.environ["TRITON_CACHE_DIR"]))[:1]}))
+"""
+
+
+@pytest.mark.gpu
+def test_cuda_and_compiled_triton_run_inside(scratch):
+    """On the GPU machine: the jail binds the NVIDIA devices, CUDA initialises, Triton compiles a
+    real kernel (gcc, ptxas, ldconfig, the cache in the scratch) and CUDA events time it."""
+    j = jail.Jail(writable=[scratch], memory_bytes=32 << 30)
+    assert j.gpu
+    rc, seen, err = run(j, GPU_CODE)
+    assert rc == 0, err
+    assert seen["cuda"] and seen["triton"] and seen["interpreter"] is None and seen["event_ms"] > 0
+    assert seen["cache"], "Triton wrote nothing to its cache in the scratch"
+
+
 NONROOT_DRIVER = """
 import fcntl, json, os, subprocess, sys, tempfile
 sys.path.insert(0, sys.argv[1])
@@ -410,8 +449,14 @@ print(json.dumps(seen))
 """
 
 
-@pytest.mark.skipif(not ROOT or not Path("/usr/bin/python3").exists() or not shutil.which("setpriv"),
-                    reason="needs root (to become another user), /usr/bin/python3 and setpriv")
+def _others_can_read(path: Path) -> bool:
+    return all(os.stat(p).st_mode & 0o005 == 0o005 for p in [path, *path.parents])
+
+
+@pytest.mark.skipif(not ROOT or not Path("/usr/bin/python3").exists() or not shutil.which("setpriv")
+                    or not _others_can_read(REPO / "grader"),
+                    reason="needs root (to become another user), /usr/bin/python3, setpriv and a checkout "
+                           "other users can read")
 def test_the_non_root_path_uses_a_user_namespace():
     """The grader run by a normal user (here: nobody, with the system's Python) jails through bwrap's
     user namespace: the same limits hold, the task limit counts the jail's tasks only."""
