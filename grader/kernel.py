@@ -8,7 +8,8 @@ with the instructor's full rights. Here it is started through :meth:`grader.jail
   That folder is outside the scratch (the student cannot rename it: it is a mount point) and, as
   root, is handed back to root once the kernel's sockets exist, before any student code runs — a
   student can then not swap a socket for a link that would make the grader's reconnect reach
-  another socket of the host.
+  another socket of the host. (As a normal user the kernel runs under the grader's own uid and the
+  folder stays writable to it: such a link could only reach sockets that user can reach anyway.)
 * **working folder — a copy.** The kernel's cwd is a copy of the student's autograded folder in
   the scratch: notebooks that write next to themselves (checkpoints, plots) keep working, nothing
   written reaches the autograded folder, and the copy leaves out the ``.ipynb`` files — the notebook
