@@ -136,7 +136,8 @@ def require() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ paths
-def _inside(path: str, root: str) -> bool:
+def inside(path: str, root: str) -> bool:
+    """Whether ``path`` is ``root`` or lies below it (both real, absolute paths)."""
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
@@ -198,7 +199,8 @@ def python_trees() -> list[str]:
              os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))] + path_dirs()
     for d in site_dirs():
         trees += [d] + _pth_dirs(d)
-    return [os.path.realpath(t) for t in dict.fromkeys(trees) if os.path.isdir(t)]
+    real = [os.path.realpath(t) for t in dict.fromkeys(trees) if os.path.isdir(t)]
+    return [t for t in dict.fromkeys(real) if t != "/"]  # a Python "installed" at / must not expose it all
 
 
 def project_roots(repo: Path) -> list[str]:
@@ -300,15 +302,15 @@ class Jail:
         for w in self.writable:
             if not w.is_dir():
                 raise ValueError(f"Jail(writable=...): {w} is not an existing folder; create it first")
-            if str(w) == "/" or any(_inside(s, str(w)) for s in secret):
+            if str(w) == "/" or any(inside(s, str(w)) for s in secret):
                 raise ValueError(f"Jail(writable=...): {w} contains the repository or a hidden path; give the "
                                  "jail a scratch folder of its own (e.g. tempfile.mkdtemp())")
         for r in self.readonly:
             if not r.exists():
                 raise ValueError(f"Jail(readonly=...): {r} does not exist")
-            if any(_inside(s, str(r)) for s in secret) or any(_inside(str(r), str(h)) for h in self.hidden):
+            if any(inside(s, str(r)) for s in secret) or any(inside(str(r), str(h)) for h in self.hidden):
                 raise ValueError(f"Jail(readonly=...): {r} overlaps a hidden path or contains the repository")
-        if not any(_inside(str(self.cwd), str(w)) for w in self.writable + self.readonly):
+        if not any(inside(str(self.cwd), str(w)) for w in self.writable + self.readonly):
             raise ValueError(f"Jail(cwd={self.cwd}): the working folder must be inside a writable or readonly folder")
 
     # -- who and where ---------------------------------------------------------------------------
@@ -372,17 +374,17 @@ class Jail:
         roots = project_roots(self.repo)
         prefixes = [os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)]
         binds = [t for t in python_trees()  # a .pth pointing into a repository must not expose it whole
-                 if not any(_inside(t, r) for r in roots) or any(_inside(t, p) for p in prefixes)]
+                 if not any(inside(t, r) for r in roots) or any(inside(t, p) for p in prefixes)]
         for r in roots:
             binds += package_binds(r)
         hidden = [str(h) for h in self.hidden]
         binds = [b for b in dict.fromkeys(binds + [str(r) for r in self.readonly])
-                 if not any(_inside(b, h) for h in hidden)]
+                 if not any(inside(b, h) for h in hidden)]
         masks = [m for m in roots + hidden
-                 if os.path.exists(m) and any(_inside(m, b) and m != b for b in binds)]
+                 if os.path.exists(m) and any(inside(m, b) and m != b for b in binds)]
 
         def covered(b: str) -> bool:  # already visible through a bind above it, with no mask in between
-            return any(c != b and _inside(b, c) and not any(_inside(b, m) and _inside(m, c) for m in masks)
+            return any(c != b and inside(b, c) and not any(inside(b, m) and inside(m, c) for m in masks)
                        for c in binds)
 
         ops = [(b, ["--ro-bind", b, b]) for b in binds if not covered(b)]
@@ -400,7 +402,7 @@ class Jail:
         for dest, args in ops:
             parents = [str(p) for p in reversed(Path(dest).parents)]
             for p in parents:
-                if p not in made and not any(_inside(p, b) for b in bound):
+                if p not in made and not any(inside(p, b) for b in bound):
                     out += ["--perms", "0755", "--dir", p]
                     made.add(p)
             out += args
@@ -446,9 +448,9 @@ class Jail:
     def popen(self, argv: list[str], pass_fds=(), **popen_kwargs) -> "JailedPopen":
         """Start ``argv`` in the jail; the result is a :class:`subprocess.Popen` whose ``kill()``
         ends the whole jail and whose ``wait()`` returns once nothing of it is left, with a memory
-        watchdog when ``memory_bytes`` is set. ``pass_fds`` are
-        inherited by the jailed program (e.g. a result pipe). The environment is the jail's:
-        give variables through ``Jail(env=...)``, not ``env=``."""
+        watchdog when ``memory_bytes`` is set. ``pass_fds`` are inherited by the jailed program
+        (e.g. a result pipe). The environment is the jail's: give variables through
+        ``Jail(env=...)``, not ``env=``."""
         for bad in ("env", "preexec_fn", "user", "group", "extra_groups"):
             if bad in popen_kwargs:
                 raise TypeError(f"Jail.popen(): {bad}= is not accepted; the jail sets it (environment: Jail(env=...))")

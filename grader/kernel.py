@@ -67,11 +67,10 @@ class JailedKernelManager(AsyncKernelManager):
 
     # -- start -----------------------------------------------------------------------------------
     async def _async_pre_start_kernel(self, **kw):
-        cwd = Path(kw.get("cwd") or os.getcwd())
         self._scratch = Path(tempfile.mkdtemp(prefix="effilab-kernel-"))
         self._run = Path(tempfile.mkdtemp(prefix="effilab-run-"))  # short: a Unix socket path has ~107 bytes
         work = self._scratch / "work"
-        shutil.copytree(cwd, work, symlinks=True, ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints"))
+        self._copy_workdir(kw.get("cwd"), work)
         self.transport, self.cache_ports = "ipc", False
         self.ip = str(self._run / "k")
         self.connection_file = str(self._run / "kernel.json")
@@ -84,6 +83,19 @@ class JailedKernelManager(AsyncKernelManager):
                                env={"JPY_PARENT_PID": "1"})
         kw["cwd"] = str(self._scratch)  # bwrap's own cwd on the host; the kernel's is set inside the jail
         return await super()._async_pre_start_kernel(**kw)
+
+    def _copy_workdir(self, cwd: str | None, work: Path) -> None:
+        """The kernel's working folder: a copy of ``cwd`` (the student's autograded folder) without
+        notebooks, or an empty folder when nbgrader gives none (never the grader's own cwd)."""
+        if not cwd:
+            work.mkdir()
+            return
+        cwd = os.path.realpath(cwd)
+        secret = list(self.hidden) + jail.project_roots(jail.REPO)
+        if any(jail.inside(os.path.realpath(h), cwd) for h in secret):
+            raise ValueError(f"the notebook's folder {cwd} contains the course root, solutions or the repository: "
+                             "it cannot be copied into a jail (run nbgrader on the course's autograded folder)")
+        shutil.copytree(cwd, work, symlinks=True, ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints"))
 
     def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
         argv = [sys.executable, "-m", "ipykernel_launcher", "-f", self.connection_file] + list(extra_arguments or [])

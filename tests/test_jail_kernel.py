@@ -265,3 +265,22 @@ def test_configure_replaces_execute_and_hides_the_course(tmp_path):
     assert str(course.root) in c.JailedKernelManager.hidden and str(REPO / "solutions") in c.JailedKernelManager.hidden
     assert (c.JailedKernelManager.time_limit, c.JailedKernelManager.slot) == (60.0, 2)
     assert sys.modules["grader.kernel"].JailedExecute().kernel_manager_class.__name__ == "JailedKernelManager"
+
+
+def test_the_kernel_never_gets_a_copy_of_the_course(tmp_path):
+    """The kernel's cwd is a copy of nbgrader's folder: a folder holding the course root or the
+    repository is refused, and without one the kernel starts in an empty folder."""
+    from grader.kernel import JailedKernelManager
+
+    root = tmp_path / "course"
+    (root / "autograded" / "alice" / A).mkdir(parents=True)
+    (root / "autograded" / "alice" / A / "data.txt").write_text("mine")
+    (root / "autograded" / "alice" / A / f"{A}.ipynb").write_text("{}")
+    km = JailedKernelManager(hidden=[str(root)])
+    for bad in (root, REPO, tmp_path):
+        with pytest.raises(ValueError, match="cannot be copied into a jail"):
+            km._copy_workdir(str(bad), tmp_path / "w")
+    km._copy_workdir(str(root / "autograded" / "alice" / A), tmp_path / "w1")
+    assert sorted(os.listdir(tmp_path / "w1")) == ["data.txt"]  # the notebook (hidden tests) is left out
+    km._copy_workdir(None, tmp_path / "w2")
+    assert os.listdir(tmp_path / "w2") == []
