@@ -222,13 +222,13 @@ def test_student_code_in_the_kernel_cannot_escape(tmp_path):
 
 
 HANG = """
-import signal
+import signal, time
 def answer():
     return 42
 def slow():
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
-        pass
+        time.sleep(1)  # hangs without burning a core the test machine shares
 """
 
 
@@ -240,7 +240,8 @@ def test_a_hanging_notebook_is_stopped_and_still_graded(tmp_path, stop):
     root = tmp_path / "course"
     _course(root, [("test_before", "assert answer() == 42", 1), ("test_hang", "assert slow() == 1", 1),
                    ("test_after", "assert answer() == 42", 1)])
-    kw = {"time_limit": 20.0} if stop == "time limit" else {"time_limit": 3600.0, "cell_timeout": 3}
+    # generous limits: only the hang may reach them, not the kernel's start or the first test on a busy machine
+    kw = {"time_limit": 60.0} if stop == "time limit" else {"time_limit": 3600.0, "cell_timeout": 15}
     api = _api(root, **kw)
     assert api.generate_assignment(A, force=True, create=True)["success"]
     _submit(root, "carol", HANG)
