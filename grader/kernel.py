@@ -43,9 +43,6 @@ from traitlets import Bool, Float, Int, List, Unicode
 
 from . import jail
 
-CHANNELS = 5  # shell, iopub, stdin, control, heartbeat: one ipc socket each
-
-
 class JailedKernelManager(AsyncKernelManager):
     """An ipykernel started in a :class:`grader.jail.Jail`, reached over ipc sockets, killed at
     ``time_limit`` seconds after it started. ``stop_reason`` says why the jail was stopped, if it was."""
@@ -125,8 +122,9 @@ class JailedKernelManager(AsyncKernelManager):
 
     async def _lock_run_folder(self) -> None:
         """Once the kernel has made its sockets, give their folder back to root (read-only for the
-        sandbox uid), so student code cannot replace them. Gives up quietly if the kernel dies or
-        takes longer than the start-up timeout: the client then fails to connect on its own."""
+        sandbox uid), so student code cannot replace them. This runs before the client connects,
+        hence before any cell. If the kernel dies first, the client fails to connect on its own; if
+        it lives but its sockets never appear, it is stopped (no cell runs with the folder open)."""
         names = [f"{self.ip}-{p}" for p in (self.shell_port, self.iopub_port, self.stdin_port,
                                              self.control_port, self.hb_port)]
         loop = asyncio.get_running_loop()
@@ -137,6 +135,9 @@ class JailedKernelManager(AsyncKernelManager):
                 os.chmod(self._run, 0o755)
                 return
             await asyncio.sleep(0.05)
+        if await self._async_is_alive():
+            self.stop("the kernel's sockets did not appear in 120 s")
+            raise RuntimeError(f"the jailed kernel made no sockets in {self._run} within 120 s")
 
     # -- stop ------------------------------------------------------------------------------------
     def _expire(self, proc) -> None:
