@@ -94,7 +94,7 @@ GRADED_MARKER = ".effilab-graded"
 
 
 def autograde(course: Course, assignment=None, student=None, force=False, verify=True, workers=1,
-              log=print, slot: int = 0) -> int:
+              log=print, slot: int = 0, execute: bool = True) -> int:
     """nbgrader's autograde (the notebook's own check cells: the student's self-check), then the
     authoritative verification outside the notebook kernel (:mod:`grader.verify`), whose scores the
     gradebook keeps. The in-kernel scores are cleared first: until a part is verified the gradebook
@@ -108,9 +108,10 @@ def autograde(course: Course, assignment=None, student=None, force=False, verify
     if not targets:
         log("autograde: nothing submitted (run `python -m grader collect PATH…` first)")
         return 0
+    _require_sandbox()
     if workers > 1:
-        return _autograde_parallel(course, targets, workers, force, verify, log)
-    api = course.api()
+        return _autograde_parallel(course, targets, workers, force, verify, log, execute)
+    api = course.api(execute=execute, slot=slot)
     failures = 0
     for a in sorted({a for a, _ in targets}):
         ensure_released(course, a, log)
@@ -145,6 +146,20 @@ def autograde(course: Course, assignment=None, student=None, force=False, verify
         marker.write_text("graded\n")
     print_scores(course, assignment, log)
     return failures
+
+
+def _require_sandbox() -> None:
+    """Student code runs only inside the jail (grader/jail.py); refuse to grade without one."""
+    import os
+
+    from . import jail
+
+    if os.environ.get("EFFILAB_UNSANDBOXED") == "1":
+        return
+    ok, why = jail.available()
+    if not ok:
+        raise SystemExit(f"autograde: the sandbox for student code is not available here: {why}\n"
+                         "(for development only, EFFILAB_UNSANDBOXED=1 grades without it — never grade a class so)")
 
 
 def _forget_verdicts(course: Course, assignment: str, student: str) -> None:
@@ -191,7 +206,8 @@ def worker_count(workers: int, n_gpus: int) -> tuple[int, str | None]:
     return workers, None
 
 
-def _autograde_parallel(course: Course, targets, workers: int, force: bool, verify: bool, log) -> int:
+def _autograde_parallel(course: Course, targets, workers: int, force: bool, verify: bool, log,
+                        execute: bool = True) -> int:
     """One grading process per submission, at most ``workers`` at a time, each pinned to its own GPU
     (``CUDA_VISIBLE_DEVICES``) when there are GPUs, so speed checks never share one."""
     import os
@@ -222,7 +238,8 @@ def _autograde_parallel(course: Course, targets, workers: int, force: bool, veri
         if n_gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(slot)
         cmd = [sys.executable, "-m", "grader", "--course", str(course.root), "--db", course.db_url, "autograde",
-               "-a", a, "-s", s, "--slot", str(slot)] + (["--force"] if force else []) + ([] if verify else ["--no-verify"])
+               "-a", a, "-s", s, "--slot", str(slot)] + (["--force"] if force else []) + ([] if verify else ["--no-verify"]) \
+            + ([] if execute else ["--no-execute"])
         try:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         finally:
@@ -320,6 +337,18 @@ def regrade(course: Course, assignment=None, student=None, log=print) -> dict:
 # ---------------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------------
+def _quiet_libraries() -> None:
+    """Keep the instructor's log to what the grader says: nbgrader's SQLAlchemy warnings about
+    objects not in the session are harmless and repeat for every cell."""
+    import warnings
+
+    try:
+        from sqlalchemy.exc import SAWarning
+
+        warnings.filterwarnings("ignore", category=SAWarning)
+    except ImportError:
+        pass
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="jupyter_client")
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m grader", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -341,6 +370,8 @@ def main(argv=None) -> int:
                            help="grade N submissions at once, each on its own GPU when there are GPUs")
             q.add_argument("--no-verify", action="store_true",
                            help="keep the in-notebook scores (skips the authoritative out-of-kernel run)")
+            q.add_argument("--no-execute", action="store_true",
+                           help="skip nbgrader's run of the notebook (the grade comes from the sandboxed parts anyway)")
             q.add_argument("--slot", type=int, default=0, help=argparse.SUPPRESS)  # set by --workers: the sandbox uid
     e = sub.add_parser("export")
     e.add_argument("--csv", required=True)
@@ -352,6 +383,7 @@ def main(argv=None) -> int:
     pb.add_argument("--force", action="store_true", help="replace OUT if it exists")
     sub.add_parser("examples", help="rebuild grader/examples/ from the release and solutions")
     args = p.parse_args(argv)
+    _quiet_libraries()
     course = _course(args)
 
     if args.cmd == "release":
@@ -363,7 +395,7 @@ def main(argv=None) -> int:
         return 0 if any(o.ok for o in outcomes) or not outcomes else 1
     elif args.cmd == "autograde":
         return 1 if autograde(course, args.assignment, args.student, force=args.force, verify=not args.no_verify,
-                                 workers=args.workers, slot=args.slot) else 0
+                                 workers=args.workers, slot=args.slot, execute=not args.no_execute) else 0
     elif args.cmd == "feedback":
         feedback(course, args.assignment, args.student)
     elif args.cmd == "export":

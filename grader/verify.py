@@ -295,11 +295,14 @@ def _kill(proc) -> None:
 
 
 def run_jail(course: Course, plans: list[Plan], order: list[int], timeout: float, compile_budget: float,
-             slot: int = 0, on_end=lambda i: None) -> dict[int, PartRun]:
-    """Run the parts ``order`` (indices into ``plans``) in one jail; what came back for each."""
+             slot: int = 0, on_end=lambda i: None, holder: list | None = None) -> dict[int, PartRun]:
+    """Run the parts ``order`` (indices into ``plans``) in one jail; what came back for each.
+    ``on_end(index)`` is called as each part ends (``holder[0]`` is the runs dict meanwhile)."""
     import torch
 
     runs = {i: PartRun() for i in order}
+    if holder is not None:
+        holder[0] = runs
     deadline = time.monotonic() + len(order) * (timeout + compile_budget) + 60
     with tempfile.TemporaryDirectory(prefix="effilab-grade-") as tmp:
         workdir = Path(tmp)
@@ -493,18 +496,30 @@ def verify_notebook(course: Course, assignment: str, nb_path: Path, timeout: flo
         return [PartResult(gid, name, part, 0.0, pts, f"the notebook could not be read: {str(e)[:300]}")
                 for gid, (name, part, pts) in grade_map(source).items() if only is None or gid in only]
     plans, decided = plan(course, assignment, sub, only)
+    who = f"{Path(nb_path).parent.parent.name} / {assignment}"
     out = {r.grade_id: r for r in decided if r.grade_id not in done}
     for r in out.values():
         on_result(r)
+        log(f"verify: {who} / {r.grade_id}: {r.points:g} / {r.max_points:g} (decided without running: "
+            f"{r.report.splitlines()[0].split(' — ')[-1][:80]})")
     plans = [p for p in plans if p.grade_id not in done]
     by = {p.index: p for p in plans}
     # correctness first, then memory, then speed; a part's cases and verdict do not depend on the order
     order = [p.index for p in sorted(plans, key=lambda p: (p.part != "correctness", p.part == "speed", p.index))]
     _prime_anchors(plans)
-    who = f"{Path(nb_path).parent.parent.name} / {assignment}"
     total, t0, n = len(order), time.monotonic(), 0
+    ran = [0]
+
+    def ended(i):  # a line per part as it finishes in the sandbox (judging follows when the jail is done)
+        ran[0] += 1
+        left = (time.monotonic() - t0) / ran[0] * (total - ran[0])
+        end = runs_now[0][i].end or {}
+        log(f"verify: {who} / {by[i].grade_id}: ran in {float(end.get('seconds', 0)):.1f} s [{ran[0]}/{total}"
+            + (f", about {left:.0f} s left]" if total > ran[0] else "]"))
+
+    runs_now: list = [{}]
     while order:
-        runs = run_jail(course, plans, order, timeout, compile_budget, slot)
+        runs = run_jail(course, plans, order, timeout, compile_budget, slot, on_end=ended, holder=runs_now)
         finished = [i for i in order if runs[i].end is not None]
         cut = [i for i in order if runs[i].end is None]
         if cut:  # the first part without an end was in flight when the jail stopped: it fails; the rest run again
@@ -514,9 +529,7 @@ def verify_notebook(course: Course, assignment: str, nb_path: Path, timeout: flo
             out[r.grade_id] = r
             on_result(r)
             n += 1
-            eta = (time.monotonic() - t0) / n * (total - n)
-            log(f"verify: {who} / {r.grade_id}: {r.points:g} / {r.max_points:g} ({r.seconds:.1f} s) "
-                f"[{n}/{total}" + (f", about {eta:.0f} s left]" if total > n else "]"))
+            log(f"verify: {who} / {r.grade_id}: {r.points:g} / {r.max_points:g} [{n}/{total} judged]")
         order = cut[1:]
     merged = {**done, **out}
     return [merged[g] for g in _grade_ids(course, assignment) if g in merged and (only is None or g in only)]

@@ -6,7 +6,6 @@ The nbgrader kernel run inside the jail is tested in tests/test_jail_kernel.py. 
 reason and the install command) where bwrap cannot build a jail, unless EFFILAB_REQUIRE_JAIL=1
 (set by .ci/run), where they fail instead.
 """
-import errno
 import fcntl
 import json
 import os
@@ -490,19 +489,17 @@ except Exception as e:
 
 
 @pytest.mark.slow
-def test_the_grading_worker_runs_in_the_jail(tmp_path, monkeypatch):
-    """grader.verify's worker, started through Jail.popen the way the grader is to wire it (the
-    job folder as the only writable folder, the result pipe passed through): a correct exercise
-    scores, and a cheat that writes the gradebook with sqlite3 — which the in-process audit hook
-    does not see — changes nothing."""
+def test_the_grading_sandbox_is_the_jail(tmp_path, monkeypatch):
+    """grader.verify runs every part in the jail: a correct exercise scores, and a cheat that writes
+    the gradebook with sqlite3 — which the in-process audit hook does not see — changes nothing."""
     import sqlite3
-    import types
 
     import nbformat
 
     from grader import verify
     from grader.course import Course
 
+    monkeypatch.delenv("EFFILAB_UNSANDBOXED", raising=False)
     course = Course(root=tmp_path / "course")
     course.prepare()
     verify.course_secret(course)
@@ -510,14 +507,6 @@ def test_the_grading_worker_runs_in_the_jail(tmp_path, monkeypatch):
     with sqlite3.connect(gb) as db:
         db.execute("CREATE TABLE grade (x)")
     tables = lambda: sorted(r[0] for r in sqlite3.connect(gb).execute("SELECT name FROM sqlite_master"))  # noqa: E731
-    started = []
-
-    def jailed_popen(cmd, pass_fds=(), env=None, start_new_session=True, **kw):
-        j = jail.Jail(writable=[Path(cmd[3])], hidden=[course.root], env={"PYTHONPATH": str(REPO)})
-        started.append(j)
-        return j.popen(cmd, pass_fds=pass_fds, **kw)
-
-    monkeypatch.setattr(verify, "subprocess", types.SimpleNamespace(**{**vars(subprocess), "Popen": jailed_popen}))
     a = "01_float_formats"
     nb = nbformat.read(str(REPO / "grader" / "examples" / a / f"alice_{a}.ipynb"), as_version=4)
     cheat = nbformat.read(str(REPO / "grader" / "examples" / a / f"alice_{a}.ipynb"), as_version=4)
@@ -532,7 +521,6 @@ def test_the_grading_worker_runs_in_the_jail(tmp_path, monkeypatch):
         paths.append(p)
     good = verify.verify_notebook(course, a, paths[0], timeout=300, log=lambda *x: None, only={"round_to_bf16_check"})
     bad = verify.verify_notebook(course, a, paths[1], timeout=300, log=lambda *x: None, only={"round_to_bf16_check"})
-    assert len(started) == 2, bad[0].report
     assert good[0].points == good[0].max_points > 0, good[0].report
     assert bad[0].points == bad[0].max_points, bad[0].report  # the cheat did not break the grading
     assert tables() == ["grade"]

@@ -16,6 +16,7 @@ import math
 import statistics
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ...formats import FORMATS, FloatFormat, ValueClass, bf16_neighbours, bit_patterns, bits_of, from_bits
 # Taken at import: the grader traps the student-facing name while graded code runs (grader.traps),
@@ -181,6 +182,18 @@ class RoundToBF16(Exercise):
     forbidden_source = ((r"\.to\(\s*(torch\.)?bfloat16|\.bfloat16\(\)|\.type\(\s*torch\.bfloat16",
                          "converting with torch does the whole exercise: use integer operations on the bits"),)
 
+    def run(self, fn, case):
+        """The call, watched: any float → bf16 conversion that torch does (``.to``, ``.type``, a keyword
+        form, ``copy_`` into a bf16 tensor…) is refused, however it was spelled; reinterpreting bits
+        with ``.view(torch.bfloat16)`` is what the exercise asks for."""
+        with _TorchConversions() as seen:
+            out = super().run(fn, case)
+        if seen.ops:
+            return Problem(f"your function converts to bfloat16 with torch ({', '.join(sorted(seen.ops)[:3])}): that "
+                           "does the whole exercise", "use integer operations on the bits of x.view(torch.int32), "
+                           "then .view(torch.bfloat16) on the int16 result")
+        return out
+
     _GROUPS = [
         ("normal numbers", "normal", "add 0x7FFF plus the lowest kept bit ((bits >> 16) & 1) to the fp32 bits, "
                                      "then keep the high 16 bits"),
@@ -213,6 +226,31 @@ class RoundToBF16(Exercise):
         return compare_tensors(out, expected, exact=True, name="result",
                                describe_input=lambda ix: "x = " + format_value(
                                    flat_x[_flat_index(ix, x.shape)]))
+
+
+class _TorchConversions(TorchDispatchMode):
+    """Records the aten ops that write bf16 values computed from floats (every op with a bf16
+    result except reinterpretations and copies of bf16 data)."""
+
+    ALLOWED = {"view", "_unsafe_view", "alias", "detach", "clone", "reshape", "_reshape_alias", "as_strided",
+               "contiguous", "empty", "empty_like", "empty_strided", "full", "full_like", "fill", "zeros", "zeros_like",
+               "lift_fresh", "select", "slice", "expand", "t", "transpose", "permute", "squeeze", "unsqueeze",
+               "flatten", "unflatten"}
+
+    def __init__(self):
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__.rstrip("_")
+        if name not in self.ALLOWED:
+            src_float = any(isinstance(a, torch.Tensor) and a.dtype.is_floating_point and a.dtype != torch.bfloat16
+                            for a in list(args) + list((kwargs or {}).values()))
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            if src_float and any(isinstance(o, torch.Tensor) and o.dtype == torch.bfloat16 for o in outs):
+                self.ops.add(f"aten::{name}")
+        return out
 
 
 def _flat_index(ix, shape) -> int:
