@@ -91,6 +91,7 @@ def autograde(course: Course, assignment=None, student=None, force=False, verify
     gradebook keeps. A submission counts as graded only once ``.effilab-graded`` is written, so a run
     killed half-way is finished by the next one and nothing is graded twice."""
     from .normalize import prepare_submission
+    from .sanitize import cap_notebook_file, clean_results, clean_text
     from .verify import record, verify_notebook
 
     targets = _targets(course, assignment, student)
@@ -114,12 +115,13 @@ def autograde(course: Course, assignment=None, student=None, force=False, verify
         if not result["success"]:
             failures += 1
             why = (result.get("error") or "").strip().splitlines()[-1:] or ["see the log"]
-            log(f"autograde: {s} / {a}: FAILED — {why[0]}")
+            log(f"autograde: {s} / {a}: FAILED — {clean_text(why[0], 500)}")
             _write_report(course, f"autograde-{a}-{s}.log", result.get("log", "") + "\n" + (result.get("error") or ""))
             continue
+        cap_notebook_file(course.path("autograded", s, a, f"{a}.ipynb"))  # outputs capped before feedback
         if verify:
             results = verify_notebook(course, a, course.path("submitted", s, a, f"{a}.ipynb"), log=log)
-            record(course, a, s, results)
+            record(course, a, s, clean_results(results))
         marker.write_text("graded\n")
     print_scores(course, assignment, log)
     return failures
@@ -198,7 +200,7 @@ def print_scores(course: Course, assignment=None, log=print) -> None:
 def _write_report(course: Course, name: str, text: str) -> None:
     d = course.path("reports")
     d.mkdir(parents=True, exist_ok=True)
-    (d / name).write_text(text)
+    (d / name).write_text(text, errors="replace")  # a student's output may hold lone surrogates
 
 
 def feedback(course: Course, assignment=None, student=None, log=print) -> list[Path]:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import nbformat
 
+from .shell import shell_free
+
 ALWAYS_FORBIDDEN = ("effilab.ops.rmsnorm", "effilab.ops.swiglu", "effilab.ops.cross_entropy",
                     "effilab.ops.flash_attention", "grader", "effilab.grading")
 
@@ -54,7 +56,19 @@ def _used_names(tree: ast.AST) -> set[str]:
 
 
 def _strip_magics(src: str) -> str:
-    return "\n".join("" if ln.lstrip().startswith(("%", "!")) else ln for ln in src.splitlines())
+    """The cell as the grader runs it: shell and magic lines replaced by comments (grader/shell.py,
+    the same function that prepares the notebook nbgrader executes)."""
+    return shell_free(src)
+
+
+def parse(source: str) -> ast.Module | None:
+    """The syntax tree of ``source``, or None when it cannot be had: a syntax error, a null byte,
+    or nesting so deep that the parser or the tree's construction runs out of stack (a student's
+    cell must cost that cell, not the grading run)."""
+    try:
+        return ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
 
 
 def solution_cells(nb) -> list[Cell]:
@@ -70,10 +84,10 @@ def solution_cells(nb) -> list[Cell]:
             continue
         meta = meta or {}
         src = _strip_magics(c.get("source", ""))
+        tree = parse(src)
         try:
-            tree = ast.parse(src)
-            defines, uses = _top_level_names(tree), _used_names(tree)
-        except SyntaxError:
+            defines, uses = (_top_level_names(tree), _used_names(tree)) if tree else (set(), set())
+        except RecursionError:
             defines, uses = set(), set()
         cells.append(Cell(i, str(meta.get("grade_id", f"cell-{i}")), src, defines, uses))
     return cells
@@ -88,10 +102,8 @@ def setup_source(source_nb) -> str:
 
 def names_defined(source: str) -> set[str]:
     """Top-level names a piece of code defines (empty if it does not parse)."""
-    try:
-        return _top_level_names(ast.parse(_strip_magics(source)))
-    except SyntaxError:
-        return set()
+    tree = parse(_strip_magics(source))
+    return _top_level_names(tree) if tree else set()
 
 
 def cells_for(name: str, cells: list[Cell], provided: set[str] = frozenset()) -> list[Cell]:
@@ -127,16 +139,18 @@ def _dotted(node: ast.AST) -> str | None:
 
 def _code_only(source: str) -> str:
     """``source`` without comments and docstrings (via the AST)."""
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
+    tree = parse(source)
+    if tree is None:
         return source
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
                 and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
             body[0] = ast.Pass()
-    return ast.unparse(tree)
+    try:
+        return ast.unparse(tree)
+    except RecursionError:  # too deep to print back: the patterns are matched on the source itself
+        return source
 
 
 def static_problems(source: str, forbidden: tuple[str, ...] = (), forbidden_source: tuple = ()) -> list[str]:
@@ -155,6 +169,9 @@ def static_problems(source: str, forbidden: tuple[str, ...] = (), forbidden_sour
         tree = ast.parse(source)
     except SyntaxError as e:
         return [f"your code has a syntax error (line {e.lineno}): {e.msg}"]
+    except (ValueError, RecursionError, MemoryError):
+        return ["your code is nested too deeply for Python to parse (or holds a null byte): simplify the "
+                "expression (split it over several statements)"]
     aliases: dict[str, str] = {}
     problems = []
 

@@ -37,6 +37,7 @@ import nbformat
 from .course import Course
 from .extract import cells_for, names_defined, setup_source, solution_cells, static_problems
 from .normalize import grader_notes
+from .sanitize import clean_notes
 
 MAX_REPORT = 6000  # characters of a verdict's report kept (huge outputs are truncated)
 
@@ -214,10 +215,10 @@ def verify_part(course: Course, ex, part: str, code: list[tuple[str, str]], seed
         return 0.0, f"{ex.name} [{part}]: 0 / {max_pts:g} points — {log}", {}
     if res.get("error"):
         return 0.0, f"{ex.name} [{part}]: 0 / {max_pts:g} points — {res['error']}", {}
-    notes = list(res.get("notes", []))
+    notes = clean_notes(res.get("notes"))
     if part != "correctness":
         v = res["verdict"]
-        rep = Verdict(ex.name, part, float(v["points"]), float(v["max_points"]), notes=notes + list(v["notes"]),
+        rep = Verdict(ex.name, part, float(v["points"]), float(v["max_points"]), notes=notes + clean_notes(v.get("notes")),
                       suite="grader")
         return rep.points, rep.report(), dict(v.get("details", {}), seconds=res["_seconds"])
     by = {(e["group"], e["case"]): e for e in res["cases"]}
