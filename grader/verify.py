@@ -322,7 +322,7 @@ def record(course: Course, assignment: str, student: str, results: list[PartResu
         nb = nbformat.read(str(nbp), as_version=4)
         by = {r.grade_id: r for r in results}
         cells = []
-        notes = grader_notes(nb)
+        notes = grader_notes(course, student, assignment)
         if notes:  # what the grader repaired in the notebook's structure (grader/normalize.py)
             m = nbformat.v4.new_markdown_cell("**Notes from the grader** — your notebook's grading structure was "
                                               "repaired before grading:\n\n" + "\n".join(f"* {n}" for n in notes))
