@@ -85,7 +85,9 @@ def from_file_name(name: str, assignment: str) -> str | None:
     if assignment not in stem:
         return None
     rest = stem.replace(assignment, " ")
-    tokens = [t for t in re.split(r"[\s_\-]+", rest) if t and t.lower() not in NOT_NAMES]
+    if any(unicodedata.category(ch) == "Cc" for ch in rest):
+        return stem  # a control character is no separator: the id check refuses the name as it is
+    tokens = [t for t in re.split(r"[ _\-]+", rest) if t and t.lower() not in NOT_NAMES]
     if not tokens:
         return None
     # Canvas: <name>_<user id>_<submission id>_<original file name> → the leading name
@@ -99,7 +101,7 @@ def from_moodle_folder(folders: tuple[str, ...]) -> str | None:
     for f in reversed(folders):
         m = MOODLE.match(f)
         if m:
-            return re.sub(r"\s+", "_", m.group("name").strip())
+            return re.sub(r" +", "_", m.group("name").strip(" "))
     return None
 
 
@@ -111,7 +113,7 @@ def from_plain_folder(folders: tuple[str, ...], assignments, container: str = ""
         low = f.casefold()
         if any(a in f for a in assignments) or low in GENERIC_FOLDERS or low == own:
             continue
-        return re.sub(r"\s+", "_", f.strip())
+        return re.sub(r" +", "_", f.strip(" "))
     return None
 
 

@@ -72,8 +72,16 @@ def _human(n: int) -> str:
 
 
 def shown(name) -> str:
-    """A file or member name safe to print: no control characters, no lone surrogates."""
-    return clean_text(str(name), 300)
+    """A file or member name safe to print on one line, and still findable: bytes that are not
+    UTF-8 and invisible or control characters are written as escapes (``\\xff``, ``\\n``)."""
+    text = str(name)
+    try:
+        text = os.fsencode(text).decode("utf-8", "backslashreplace")  # undecodable bytes of a file name
+    except (UnicodeError, TypeError):
+        pass
+    text = "".join(ch if ch.isprintable() else ch.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for ch in text)
+    return clean_text(text, 300)
 
 
 def _regular_file(path: Path) -> str | None:

@@ -21,8 +21,8 @@ It also makes the notebook safe to execute on the grading machine:
 * every shell or magic line in the student's code cells (``!pip``, ``%%bash``, ``get_ipython()``
   calls…) is replaced by a comment that says the grader removed it (:mod:`grader.shell`, the same
   function :mod:`grader.extract` uses); the instructor's read-only cells are not touched;
-* the notebook-level metadata that decides how it runs (``kernelspec``, ``language_info``) comes
-  from the release, and metadata of the wrong type (``metadata.effilab`` or ``metadata.nbgrader``
+* the kernel it runs in is the release's (``metadata.kernelspec``: nbgrader starts the kernel a
+  notebook names, and a student could name another one installed on the machine), and metadata of the wrong type (``metadata.effilab`` or ``metadata.nbgrader``
   that is not a mapping, in the notebook or a cell) is replaced or dropped;
 * a ``grader_notes`` key in ``metadata.effilab`` and an ``effilab_verdict`` mark on a cell are
   dropped: the student may not speak as the grader.
@@ -48,7 +48,6 @@ from .shell import strip_shell
 
 NOTES_KEY = "grader_notes"  # where notes used to be kept (notebook metadata): now dropped on sight
 VERDICT_KEY = "effilab_verdict"  # marks the grader's report cells (grader/verify.py)
-RUN_METADATA = ("kernelspec", "language_info")  # how the notebook is executed: the release's
 
 
 def _grade_id(cell) -> str | None:
@@ -92,10 +91,13 @@ def _clean_metadata(nb, release, changes: list) -> None:
     if "nbgrader" in meta and not isinstance(meta["nbgrader"], dict):
         meta.pop("nbgrader")
         changes.append("metadata.nbgrader of the notebook was not a mapping: dropped")
-    for key in RUN_METADATA:
-        if key in release.metadata and meta.get(key) != release.metadata[key]:
-            meta[key] = copy.deepcopy(release.metadata[key])
-            changes.append(f"metadata.{key} restored from the assignment")
+    want = release.metadata.get("kernelspec")
+    have = meta.get("kernelspec")
+    if isinstance(want, dict) and (not isinstance(have, dict) or have.get("name") != want.get("name")):
+        # nbgrader runs the kernel the notebook names: always the course's Python kernel
+        meta["kernelspec"] = copy.deepcopy(want)
+        changes.append(f"metadata.kernelspec named {have.get('name') if isinstance(have, dict) else have!r}: "
+                       f"restored to the assignment's kernel ({want.get('name')!r})")
     for i, c in enumerate(nb.cells):
         cm = c.get("metadata", {})
         if VERDICT_KEY in cm:
@@ -115,7 +117,8 @@ def _remove_shell_lines(nb) -> list[str]:
     """Replace the shell and magic lines of every code cell the student may edit (in place)."""
     notes = []
     for i, c in enumerate(nb.cells):
-        meta = c.get("metadata", {}).get("nbgrader")
+        cell_meta = c.get("metadata")
+        meta = cell_meta.get("nbgrader") if isinstance(cell_meta, dict) else None
         if c.get("cell_type") != "code" or (isinstance(meta, dict) and _locked(meta)):
             continue
         result = strip_shell(c.get("source", ""))
@@ -258,7 +261,7 @@ def read_stamp(folder: Path) -> str:
     return stamp_file.read_text().strip() if stamp_file.exists() else "undated"
 
 
-def grader_notes(course: Course, student: str = None, assignment: str = None) -> list[str]:
+def grader_notes(course: Course, student: str | None = None, assignment: str | None = None) -> list[str]:
     """The grader's notes about a student's current submission (from :mod:`grader.notes`).
 
     Never from the notebook: its metadata is the student's to write."""

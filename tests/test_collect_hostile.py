@@ -253,3 +253,19 @@ def test_parse_notebook_reasons():
     with pytest.raises(ValueError, match="nests more than 3"):
         parse_notebook(_deep(3).encode(), Limits(depth=3))
     assert parse_notebook(("\ufeff" + GOOD).encode()).cells
+
+
+def test_file_names_that_are_not_text_are_refused_and_reported_cleanly(tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for raw in (b"\xff\xfe_" + A.encode() + b".ipynb", b"new\nline_" + A.encode() + b".ipynb",
+                "zoë_".encode() + A.encode() + b".ipynb"):
+        with open(os.fsencode(inbox) + b"/" + raw, "w") as fh:
+            fh.write(GOOD)
+    lines = []
+    out = collect(Course(root=tmp_path / "course"), [str(inbox)], log=lines.append)
+    assert sorted(o.student for o in out if o.ok) == ["zoë"]
+    bad = [o for o in out if not o.ok]
+    assert len(bad) == 2 and all("not usable" in o.message for o in bad)
+    "\n".join(lines).encode("utf-8")  # the report is printable and writable
+    assert "\n".join(lines).count("\n") == len(out)  # one line per file (a newline in a name is not kept)

@@ -56,6 +56,11 @@ def test_metadata_of_the_wrong_type_is_replaced_and_the_kernel_is_the_releases()
     assert "nbgrader" not in fixed.metadata
     assert fixed.metadata["kernelspec"] == RELEASE.metadata["kernelspec"]
     assert "effilab" not in fixed.cells[3].metadata
+    colab = copy.deepcopy(ALICE)
+    colab.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}  # as Colab writes it
+    changes = []
+    assert normalize(RELEASE, colab, changes)[0].metadata["kernelspec"] == colab.metadata["kernelspec"]
+    assert changes == []  # the same kernel: the notebook is left as it came
 
 
 def test_prepare_submission_keeps_notes_in_the_graders_file_only(tmp_path):

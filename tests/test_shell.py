@@ -49,7 +49,8 @@ def _kernel_calls_shell(source: str) -> bool:
         tree = ast.parse(TransformerManager().transform_cell(source))
     except SyntaxError:
         return False  # a cell that does not parse runs nothing
-    return any(isinstance(n, ast.Name) and n.id == "get_ipython" or isinstance(n, ast.Attribute) and n.attr == "get_ipython"
+    return any(isinstance(n, ast.Name) and n.id == "get_ipython"
+               or isinstance(n, ast.Attribute) and n.attr == "get_ipython"
                or isinstance(n, ast.alias) and n.name == "get_ipython" for n in ast.walk(tree))
 
 
@@ -106,7 +107,8 @@ def _with_cells(*sources):
 
 def test_normalize_removes_shell_lines_from_the_students_cells_and_says_so():
     nb = _with_cells(COLAB + "import effilab\n", SHELL_CELLS["bash"])
-    sol = next(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade_id") == "decompose_solution")
+    sol = next(i for i, c in enumerate(nb.cells)
+               if c.metadata.get("nbgrader", {}).get("grade_id") == "decompose_solution")
     nb.cells[sol].source = "%pip install nothing\n" + nb.cells[sol].source
     fixed, notes = normalize(RELEASE, nb)
     for c in fixed.cells:
