@@ -101,8 +101,7 @@ def autograde(course: Course, assignment=None, student=None, force=False, verify
     says "not graded". Each verified part is recorded at once, and a submission counts as graded
     only once ``.effilab-graded`` is written, so a run killed half-way is finished by the next one
     and no part is graded twice."""
-    from .normalize import prepare_submission
-    from .verify import load_verdicts, record, save_verdict, verify_notebook
+    from .sanitize import clean_text
 
     targets = _targets(course, assignment, student)
     if not targets:
@@ -115,37 +114,66 @@ def autograde(course: Course, assignment=None, student=None, force=False, verify
     failures = 0
     for a in sorted({a for a, _ in targets}):
         ensure_released(course, a, log)
-    for a, s in targets:
-        marker = course.path("autograded", s, a, GRADED_MARKER)
-        if marker.exists() and not force:
-            log(f"autograde: {s} / {a}: already graded (use regrade to grade again)")
-            continue
-        if force:
-            _forget_verdicts(course, a, s)
-        done = load_verdicts(course, a, s)
-        log(f"autograde: {s} / {a} …" + (f" ({len(done)} part(s) verified by an earlier run)" if done else ""))
-        if not done or not course.path("autograded", s, a).exists():
-            prepare_submission(course, a, s, log)
-            result = api.autograde(a, s, force=True, create=True)
-            if not result["success"]:
-                failures += 1
-                why = (result.get("error") or "").strip().splitlines()[-1:] or ["see the log"]
-                log(f"autograde: {s} / {a}: FAILED — {why[0]}")
-                _write_report(course, f"autograde-{a}-{s}.log", result.get("log", "") + "\n" + (result.get("error") or ""))
-                continue
-            if verify:
-                _clear_auto_scores(course, a, s)
-        if verify:
-            def keep(r, a=a, s=s):
-                save_verdict(course, a, s, r)
-                _set_auto_score(course, a, s, r.grade_id, r.points)
+    from .envcheck import changed, snapshot
 
-            results = verify_notebook(course, a, course.path("submitted", s, a, f"{a}.ipynb"), log=log, done=done,
-                                      on_result=keep, slot=slot)
-            record(course, a, s, results)
-        marker.write_text("graded\n")
+    env = snapshot()
+    for a, s in targets:
+        try:
+            ok = _grade_one(course, api, a, s, force=force, verify=verify, slot=slot, log=log)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # one submission's failure is that submission's: the batch goes on
+            import traceback
+
+            ok = False
+            log(f"autograde: {s} / {a}: FAILED — the grader stopped on this submission ({type(exc).__name__}: "
+                f"{clean_text(str(exc), 300)}); it is not marked graded, the next run tries it again")
+            _write_report(course, f"autograde-{a}-{s}.log", traceback.format_exc())
+        failures += not ok
+        moved = changed(env, snapshot())
+        if moved:
+            raise SystemExit(f"autograde: grading {s} / {a} changed the grading environment ({'; '.join(moved[:5])}): "
+                             "stopped before the next submission — restore the environment (e.g. rebuild .venv) and "
+                             "run autograde again")
     print_scores(course, assignment, log)
     return failures
+
+
+def _grade_one(course: Course, api, a: str, s: str, *, force: bool, verify: bool, slot: int, log) -> bool:
+    """nbgrader's run, then the authoritative verification, of one submission; False if nbgrader failed."""
+    from .normalize import prepare_submission
+    from .sanitize import cap_notebook_file, clean_results, clean_text
+    from .verify import load_verdicts, record, save_verdict, verify_notebook
+
+    marker = course.path("autograded", s, a, GRADED_MARKER)
+    if marker.exists() and not force:
+        log(f"autograde: {s} / {a}: already graded (use regrade to grade again)")
+        return True
+    if force:
+        _forget_verdicts(course, a, s)
+    done = load_verdicts(course, a, s)
+    log(f"autograde: {s} / {a} …" + (f" ({len(done)} part(s) verified by an earlier run)" if done else ""))
+    if not done or not course.path("autograded", s, a).exists():
+        prepare_submission(course, a, s, log)
+        result = api.autograde(a, s, force=True, create=True)
+        if not result["success"]:
+            why = (result.get("error") or "").strip().splitlines()[-1:] or ["see the log"]
+            log(f"autograde: {s} / {a}: FAILED — {clean_text(why[0], 500)}")
+            _write_report(course, f"autograde-{a}-{s}.log", result.get("log", "") + "\n" + (result.get("error") or ""))
+            return False
+        cap_notebook_file(course.path("autograded", s, a, f"{a}.ipynb"))  # outputs capped before feedback
+        if verify:
+            _clear_auto_scores(course, a, s)
+    if verify:
+        def keep(r):
+            save_verdict(course, a, s, r)
+            _set_auto_score(course, a, s, r.grade_id, r.points)
+
+        results = verify_notebook(course, a, course.path("submitted", s, a, f"{a}.ipynb"), log=log, done=done,
+                                  on_result=keep, slot=slot)
+        record(course, a, s, clean_results(results))
+    marker.write_text("graded\n")
+    return True
 
 
 def _require_sandbox() -> None:
@@ -275,7 +303,7 @@ def print_scores(course: Course, assignment=None, log=print) -> None:
 def _write_report(course: Course, name: str, text: str) -> None:
     d = course.path("reports")
     d.mkdir(parents=True, exist_ok=True)
-    (d / name).write_text(text)
+    (d / name).write_text(text, errors="replace")  # a student's output may hold lone surrogates
 
 
 def feedback(course: Course, assignment=None, student=None, log=print) -> list[Path]:

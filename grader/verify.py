@@ -386,14 +386,17 @@ def _to_device(obj, dev):
 
 
 def _notes(run: PartRun) -> tuple[list[str], str]:
+    """The notes and the error a part's sandbox sent, sanitised (grader/sanitize.py)."""
+    from .sanitize import clean_notes, clean_text
+
     notes, error = [], ""
     for kind, payload in run.frames:
         if kind != NOTE:
             continue
         n = _decode(payload)
         if isinstance(n, dict):
-            error = error or str(n.get("error") or "")
-            notes += [str(x)[:500] for x in (n.get("notes") or [])[:10] if isinstance(x, str)]
+            error = error or clean_text(str(n.get("error") or ""), 2000)
+            notes += clean_notes(n.get("notes"))[:10]
     return notes, error
 
 
@@ -586,17 +589,16 @@ def record(course: Course, assignment: str, student: str, results: list[PartResu
         gb.db.commit()
     nbp = course.path("autograded", student, assignment, f"{assignment}.ipynb")
     if nbp.exists():
-        _write_report_cells(nbp, {r.grade_id: r for r in results})
+        _write_report_cells(nbp, {r.grade_id: r for r in results}, grader_notes(course, student, assignment))
     return path
 
 
-def _write_report_cells(nbp: Path, by: dict) -> None:
+def _write_report_cells(nbp: Path, by: dict, notes: list[str]) -> None:
     nb = nbformat.read(str(nbp), as_version=4)
     cells = []
-    notes = grader_notes(nb)
-    if notes:  # what the grader repaired in the notebook's structure (grader/normalize.py)
-        m = nbformat.v4.new_markdown_cell("**Notes from the grader** — your notebook's grading structure was "
-                                          "repaired before grading:\n\n" + "\n".join(f"* {n}" for n in notes))
+    if notes:  # what the grader changed before grading (grader/normalize.py), from the grader's own file
+        m = nbformat.v4.new_markdown_cell("**Notes from the grader** — before grading, the grader changed this in "
+                                          "your notebook:\n\n" + "\n".join(f"* {n}" for n in notes))
         m.metadata["effilab_verdict"] = True
         cells.append(m)
     for c in nb.cells:
