@@ -39,6 +39,8 @@ from pathlib import Path
 
 import nbformat
 
+from effilab.grading.calls import to_device
+
 from .course import Course
 from .extract import cells_for, names_defined, setup_source, solution_cells, static_problems
 from .normalize import grader_notes
@@ -179,11 +181,13 @@ def _decided_here(p: Plan) -> bool:
 def _cpu_verdict(p: Plan) -> PartResult:
     from effilab.grading import measure
 
+    from .sanitize import clean_text
+
     if p.part == "speed":
         v = measure.decide_speed(p.ex, p.ex.speed_part(p.key), {}, {}, "grader")
     else:
         v = measure.decide_memory(p.ex, p.ex.memory_part(p.key), {}, {}, "grader")
-    return PartResult(p.grade_id, p.ex.name, p.part, 0.0, p.points, v.report()[:MAX_REPORT], v.details)
+    return PartResult(p.grade_id, p.ex.name, p.part, 0.0, p.points, clean_text(v.report(), MAX_REPORT), v.details)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -213,7 +217,7 @@ def _job(plans: list[Plan], order: list[int], scratch: str, timeout: float, comp
 
 def _case_cpu(case):
     """A case with its tensors on the CPU (the sandbox moves them to its own device)."""
-    case.args, case.kwargs = _to_device(case.args, "cpu"), _to_device(case.kwargs, "cpu")
+    case.args, case.kwargs = to_device(case.args, "cpu"), to_device(case.kwargs, "cpu")
     return case
 
 
@@ -373,16 +377,20 @@ def _decode(payload: bytes):
         return Problem(f"your output could not be read by the grader ({type(exc).__name__})")
 
 
-def _to_device(obj, dev):
+def _device_of(case, default):
+    """Where a case's tensors live in the grader's process: the judge compares the output there."""
     import torch
 
-    if isinstance(obj, torch.Tensor):
-        return obj.to(dev)
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(o, dev) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _to_device(v, dev) for k, v in obj.items()}
-    return obj
+    stack = [case.args, case.kwargs]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, torch.Tensor):
+            return x.device
+        if isinstance(x, (list, tuple)):
+            stack.extend(x)
+        elif isinstance(x, dict):
+            stack.extend(x.values())
+    return torch.device("cpu")
 
 
 def _notes(run: PartRun) -> tuple[list[str], str]:
@@ -406,6 +414,8 @@ def judge(p: Plan, run: PartRun, timeout: float, compile_budget: float) -> PartR
     from effilab.grading.calls import Problem
     from effilab.grading.core import CaseResult, Verdict, default_device, judge_case, score
 
+    from .sanitize import clean_text
+
     notes, error = _notes(run)
     stopped = _ended(run.end, timeout, compile_budget)
     seconds = float((run.end or {}).get("seconds", 0.0))
@@ -425,11 +435,18 @@ def judge(p: Plan, run: PartRun, timeout: float, compile_budget: float) -> PartR
             if (gi, ci) in results or not (0 <= gi < len(p.groups)) or not (0 <= ci < len(p.groups[gi].cases)):
                 continue  # the first output of a case counts; an index that is no case is ignored
             case = p.groups[gi].cases[ci]
-            out = _to_device(f.get("output"), dev)
+            where = _device_of(case, dev)  # output and expected meet where the case's tensors are
+            out = to_device(f.get("output"), where)
             try:
-                results[(gi, ci)] = judge_case(p.ex, out, case, None if isinstance(out, Problem) else p.ex.expect(case))
+                expected = None if isinstance(out, Problem) else to_device(p.ex.expect(case), where)
+                results[(gi, ci)] = judge_case(p.ex, out, case, expected)
             except Exception as exc:  # the judge's own failure on a malformed output
                 results[(gi, ci)] = CaseResult(False, f"{case.label}: could not compare your output ({exc})"[:500])
+        n_cases = sum(len(g.cases) for g in p.groups)
+        if not stopped and len(results) < n_cases:  # ended "normally" without every case: say what it printed
+            log = (run.end or {}).get("log", "").strip()
+            stopped = ("the grading process ended before every case ran" +
+                       (f"; its last output:\n{clean_text(log[-1500:], 1500)}" if log else ""))
         if stopped:
             notes.insert(0, stopped + (" — the cases that finished before this were graded" if results else ""))
         v = score(p.ex, p.groups, results, suite="grader", notes=notes, stopped="the grading process stopped early")
@@ -440,7 +457,7 @@ def judge(p: Plan, run: PartRun, timeout: float, compile_budget: float) -> PartR
             return PartResult(p.grade_id, p.ex.name, p.part, 0.0, p.points,
                               _header(p.ex.name, p.part, p.points, str(why or stopped or "no measurement came back")),
                               seconds=seconds)
-        res = _to_device(res, dev)
+        res = to_device(res, dev)
         base = anchor(p)
         if p.part == "speed":
             v = measure.decide_speed(p.ex, p.ex.speed_part(p.key), res, base, "grader")
@@ -449,7 +466,7 @@ def judge(p: Plan, run: PartRun, timeout: float, compile_budget: float) -> PartR
         v.notes = notes + v.notes
     if not isinstance(v, Verdict):
         raise TypeError(v)
-    return PartResult(p.grade_id, p.ex.name, p.part, min(v.points, p.points), p.points, v.report()[:MAX_REPORT],
+    return PartResult(p.grade_id, p.ex.name, p.part, min(v.points, p.points), p.points, clean_text(v.report(), MAX_REPORT),
                       {k: x for k, x in v.details.items() if isinstance(x, (int, float, str))}, seconds)
 
 

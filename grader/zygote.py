@@ -69,15 +69,18 @@ def _read_exact(fd: int, n: int) -> bytes | None:
 # ----------------------------------------------------------------------------------------------
 # The child: one part of one submission
 # ----------------------------------------------------------------------------------------------
-def _send(fd: int, kind: int, obj) -> None:
+def _send(fd: int, kind: int, obj, key: str | None = None) -> None:
+    """One frame; ``obj[key]`` (the student's output) that the format does not carry is replaced by a
+    Problem, so the case fails and the part goes on."""
     from effilab.grading import wire
     from effilab.grading.calls import Problem
 
     try:
         payload = wire.dumps(obj)
-    except Exception as exc:  # an output the format does not carry: the case fails, the part goes on
-        payload = wire.dumps(Problem(f"your output cannot be graded: {exc}"[:600],
-                                     "return tensors, numbers, or lists / tuples / dicts of them"))
+    except Exception as exc:
+        bad = Problem(f"your output cannot be graded: {exc}"[:600],
+                      "return tensors, numbers, or lists / tuples / dicts of them")
+        payload = wire.dumps(dict(obj, **{key: bad}) if key else bad)
     write_frame(fd, kind, payload)
 
 
@@ -101,7 +104,7 @@ def run_part(part: dict, fd: int, scratch: str) -> None:
     import torch
 
     from effilab.grading import core, measure
-    from effilab.grading.calls import quiet
+    from effilab.grading.calls import quiet, to_device
     from effilab.grading.keys import Key
 
     from . import sandbox
@@ -134,7 +137,7 @@ def run_part(part: dict, fd: int, scratch: str) -> None:
     dev = core.default_device()
     if part["part"] == "correctness":
         for gi, ci, case in part["cases"]:
-            case.args, case.kwargs = _to(case.args, dev), _to(case.kwargs, dev)
+            case.args, case.kwargs = to_device(case.args, dev), to_device(case.kwargs, dev)
             with quiet():
                 out = core.run_case(ex, fn, case)
             changed = integrity.changed()
@@ -142,7 +145,7 @@ def run_part(part: dict, fd: int, scratch: str) -> None:
                 integrity.restore()
                 _send(fd, NOTE, {"error": f"your code replaced {', '.join(changed[:5])} while running: tampering"})
                 return
-            _send(fd, CASE, {"group": gi, "case": ci, "output": out})
+            _send(fd, CASE, {"group": gi, "case": ci, "output": out}, key="output")
         return
     key = Key.hidden(part["subkey"], ex.name)
     with quiet():
@@ -163,18 +166,6 @@ def run_part(part: dict, fd: int, scratch: str) -> None:
         return
     _send(fd, RESULT, res)
     del torch
-
-
-def _to(obj, dev):
-    import torch
-
-    if isinstance(obj, torch.Tensor):
-        return obj.to(dev)
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to(o, dev) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _to(v, dev) for k, v in obj.items()}
-    return obj
 
 
 def _child(part: dict, w: int, scratch: str) -> None:

@@ -47,10 +47,18 @@ PROBE = textwrap.dedent("""
 """)
 
 
-def run(j: jail.Jail, code: str, *args, timeout=300, **kw):
-    """Run ``code`` with this Python in the jail; (exit code, the JSON its last line printed, stderr)."""
-    proc = j.popen([sys.executable, "-c", PROBE + textwrap.dedent(code), *map(str, args)],
-                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+def run(j: jail.Jail, code: str, *args, timeout=300, as_file=False, **kw):
+    """Run ``code`` with this Python in the jail; (exit code, the JSON its last line printed, stderr).
+    ``as_file``: from a file in the scratch (Triton's compiler reads a kernel's source from its file)."""
+    src = PROBE + textwrap.dedent(code)
+    if as_file:
+        path = j.scratch / "probe.py"
+        path.write_text(src)
+        os.chmod(path, 0o644)
+        argv = [sys.executable, str(path)]
+    else:
+        argv = [sys.executable, "-c", src]
+    proc = j.popen(argv + list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -413,7 +421,7 @@ def test_cuda_and_compiled_triton_run_inside(scratch):
     real kernel (gcc, ptxas, ldconfig, the cache in the scratch) and CUDA events time it."""
     j = jail.Jail(writable=[scratch], memory_bytes=32 << 30)
     assert j.gpu
-    rc, seen, err = run(j, GPU_CODE)
+    rc, seen, err = run(j, GPU_CODE, as_file=True)
     assert rc == 0, err
     assert seen["cuda"] and seen["triton"] and seen["interpreter"] is None and seen["event_ms"] > 0
     assert seen["cache"], "Triton wrote nothing to its cache in the scratch"

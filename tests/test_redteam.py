@@ -145,29 +145,29 @@ SANDBOX_CHEATS = [
     ("turns the audit hook off through sys.modules, then writes the gradebook", "loss_scale_solution",
      "underflow_fraction_check",
      "import sys\nsys.modules['grader.sandbox']._ACTIVE[0] = False\n"
-     "def underflow_fraction(g):\n    open({gradebook!r}, 'a').write('pwned')\n    return 0.0\n" + GOOD_MAX_SCALE),
+     "def underflow_fraction(g):\n    open({gradebook!r}, 'a').write('pwned')\n    return -1.0\n" + GOOD_MAX_SCALE),
     ("reads the course secret in C (torch.from_file)", "loss_scale_solution", "underflow_fraction_check",
      "def underflow_fraction(g):\n    t = torch.from_file({secret!r}, size=8, dtype=torch.uint8)\n"
      "    return float(t.sum())\n" + GOOD_MAX_SCALE),
     ("writes the gradebook in C (sqlite3)", "loss_scale_solution", "underflow_fraction_check",
      "import sqlite3\ndef underflow_fraction(g):\n    sqlite3.connect({gradebook!r}).execute('CREATE TABLE pwned (x)')\n"
-     "    return 0.0\n" + GOOD_MAX_SCALE),
+     "    return -1.0\n" + GOOD_MAX_SCALE),
     ("writes outside its scratch through a library writer (torch.save)", "loss_scale_solution",
      "underflow_fraction_check",
-     "def underflow_fraction(g):\n    torch.save(g, {repo!r} + '/pwned.pt')\n    return 0.0\n" + GOOD_MAX_SCALE),
+     "def underflow_fraction(g):\n    torch.save(g, {repo!r} + '/pwned.pt')\n    return -1.0\n" + GOOD_MAX_SCALE),
     ("forks, and the child rewrites the gradebook later", "loss_scale_solution", "underflow_fraction_check",
      "import os, time\ndef underflow_fraction(g):\n    if os.fork() == 0:\n        time.sleep(2)\n"
-     "        open({gradebook!r}, 'w').write('pwned')\n        os._exit(0)\n    return 0.0\n" + GOOD_MAX_SCALE),
+     "        open({gradebook!r}, 'w').write('pwned')\n        os._exit(0)\n    return -1.0\n" + GOOD_MAX_SCALE),
     ("starts a daemon through a library helper (subprocess, new session)", "loss_scale_solution",
      "underflow_fraction_check",
      "import subprocess, sys\ndef underflow_fraction(g):\n    subprocess.Popen([sys.executable, '-c', "
      "'import time; time.sleep(2); open(' + repr({gradebook!r}) + ', \"w\").write(\"pwned\")'], "
-     "start_new_session=True)\n    return 0.0\n" + GOOD_MAX_SCALE),
+     "start_new_session=True)\n    return -1.0\n" + GOOD_MAX_SCALE),
     ("installs a .pth into the Python environment", "loss_scale_solution", "underflow_fraction_check",
      "import site\ndef underflow_fraction(g):\n    for d in site.getsitepackages():\n"
-     "        open(d + '/zz_effilab_pwned.pth', 'w').write('import os')\n    return 0.0\n" + GOOD_MAX_SCALE),
+     "        open(d + '/zz_effilab_pwned.pth', 'w').write('import os')\n    return -1.0\n" + GOOD_MAX_SCALE),
     ("shell lines in the cell (%pip, !)", "loss_scale_solution", "underflow_fraction_check",
-     "%pip install nothing-here\n!touch {repo}/pwned-by-shell\ndef underflow_fraction(g):\n    return 0.0\n"
+     "%pip install nothing-here\n!touch {repo}/pwned-by-shell\ndef underflow_fraction(g):\n    return -1.0\n"
      + GOOD_MAX_SCALE),
     ("converts with a keyword form (to(dtype=...))", "round_to_bf16_solution", "round_to_bf16_check",
      "def round_to_bf16(x):\n    return x.to(dtype=torch.bfloat16)\n"),
@@ -194,7 +194,7 @@ SANDBOX_CHEATS = [
     ("prints 200 MB", "loss_scale_solution", "underflow_fraction_check",
      "def underflow_fraction(g):\n    print('x' * (200 << 20))\n    return -1.0\n" + GOOD_MAX_SCALE),
     ("kills the grading process that forks the parts", "loss_scale_solution", "underflow_fraction_check",
-     "import os, signal\ndef underflow_fraction(g):\n    os.kill(os.getppid(), signal.SIGKILL)\n    return 0.0\n"
+     "import os, signal\ndef underflow_fraction(g):\n    os.kill(os.getppid(), signal.SIGKILL)\n    return -1.0\n"
      + GOOD_MAX_SCALE),
     ("looks for the expected values in the checker's frames", "loss_scale_solution", "underflow_fraction_check",
      "import sys\ndef underflow_fraction(g):\n    f = sys._getframe()\n    while f is not None:\n"
@@ -264,7 +264,7 @@ def test_cheat_scores_zero_without_touching_anything(course, tmp_path, name, cel
         .replace("{secret!r}", repr(str(course.path("secret_seed")))).replace("{repo!r}", repr(str(REPO))) \
         .replace("{repo}", str(REPO))
     nb = _cheat_notebook(tmp_path, cell, source)
-    results = verify_notebook(course, A, nb, timeout=20, compile_budget=30, log=lambda *a: None, only={target})
+    results = verify_notebook(course, A, nb, timeout=10, compile_budget=30, log=lambda *a: None, only={target})
     assert len(results) == 1
     r = results[0]
     assert r.points == 0, f"{name}: scored {r.points}\n{r.report}"

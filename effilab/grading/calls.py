@@ -27,7 +27,7 @@ from typing import Any, Callable
 import torch
 
 __all__ = ["Problem", "quiet", "poisoned_allocations", "poison_value", "clone", "mutated", "describe_exception",
-           "call_student", "one_thread"]
+           "call_student", "one_thread", "to_device", "put_back"]
 
 
 @dataclass
@@ -156,6 +156,28 @@ def clone(obj):
     if isinstance(obj, dict):
         return {k: clone(v) for k, v in obj.items()}
     return obj
+
+
+def to_device(obj, dev):
+    """``obj`` with every tensor inside lists, tuples and dicts moved to ``dev``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(dev)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(o, dev) for o in obj)
+    if isinstance(obj, dict):
+        return {k: to_device(v, dev) for k, v in obj.items()}
+    return obj
+
+
+def put_back(owner, name: str, old, had_own: bool) -> None:
+    """Undo ``setattr(owner, name, …)``: restore ``old`` if ``owner`` had its own attribute, else delete it."""
+    try:
+        if had_own:
+            setattr(owner, name, old)
+        else:
+            delattr(owner, name)
+    except (AttributeError, TypeError):
+        pass
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:

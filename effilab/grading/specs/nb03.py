@@ -86,7 +86,7 @@ def _compare_step(got, want) -> str | None:
             return (f"no gradient reached {name}: your checkpoint's output is cut off from the graph "
                     "(does backward return the inputs' gradients, and do the parameters inside fn get theirs?)")
         # on a GPU, attention kernels may reduce in another order from one call to the next: a looser bound
-        rtol, atol = (GRAD_RTOL, GRAD_ATOL) if gw.device.type == "cpu" else (1e-3, 1e-5)
+        rtol, atol = (GRAD_RTOL, GRAD_ATOL) if default_device().type == "cpu" else (1e-3, 1e-5)
         problem = compare_tensors(gg, gw, rtol=rtol, atol=atol, name=f"grad of {name}", max_show=3)
         if problem:
             return problem

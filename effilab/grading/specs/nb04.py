@@ -151,7 +151,7 @@ class AccumulateGradients(Exercise):
             if got is None:  # nothing accumulated
                 return f"no gradient in {n}.grad: call backward on each micro-batch's loss"
             # GPU: other reduction orders
-            rtol, atol = (GRAD_RTOL, GRAD_ATOL) if want.device.type == "cpu" else (1e-3, 1e-5)
+            rtol, atol = (GRAD_RTOL, GRAD_ATOL) if default_device().type == "cpu" else (1e-3, 1e-5)
             problem = compare_tensors(got.to(want.device), want, rtol=rtol, atol=atol, name=f"grad of {n}", max_show=3)
             if problem:
                 return problem
