@@ -212,7 +212,15 @@ def _job(plans: list[Plan], order: list[int], scratch: str, timeout: float, comp
         else:
             entry["subkey"] = p.key._secret.decode()
         parts[p.index] = entry
-    return {"parts": parts, "order": order, "scratch": scratch}
+    return {"parts": parts, "order": order, "scratch": scratch, "parallel": _parallel()}
+
+
+def _parallel() -> int:
+    """How many untimed parts (correctness, memory) of a submission run side by side: on a GPU host up
+    to 4 (one per 4 cores); on a CPU machine one, so that CPU-bound checks do not crowd each other."""
+    import torch
+
+    return max(1, min(4, (os.cpu_count() or 1) // 4)) if torch.cuda.is_available() else 1
 
 
 def _case_cpu(case):
@@ -471,6 +479,7 @@ def judge(p: Plan, run: PartRun, timeout: float, compile_budget: float) -> PartR
 
 
 _ANCHORS: dict = {}
+LAST_TIMING: dict = {}  # seconds of the last verify_notebook: plan, baselines, sandbox, judging
 
 
 def anchor(p: Plan) -> dict:
@@ -515,7 +524,10 @@ def verify_notebook(course: Course, assignment: str, nb_path: Path, timeout: flo
         source = nbformat.read(str(course.solutions / f"{assignment}.ipynb"), as_version=4)
         return [PartResult(gid, name, part, 0.0, pts, f"the notebook could not be read: {str(e)[:300]}")
                 for gid, (name, part, pts) in grade_map(source).items() if only is None or gid in only]
+    t_start = time.monotonic()
     plans, decided = plan(course, assignment, sub, only)
+    LAST_TIMING.clear()
+    LAST_TIMING["plan"] = time.monotonic() - t_start
     who = f"{Path(nb_path).parent.parent.name} / {assignment}"
     out = {r.grade_id: r for r in decided if r.grade_id not in done}
     for r in out.values():
@@ -526,7 +538,9 @@ def verify_notebook(course: Course, assignment: str, nb_path: Path, timeout: flo
     by = {p.index: p for p in plans}
     # correctness first, then memory, then speed; a part's cases and verdict do not depend on the order
     order = [p.index for p in sorted(plans, key=lambda p: (p.part != "correctness", p.part == "speed", p.index))]
+    t_anchor = time.monotonic()
     _prime_anchors(plans)
+    LAST_TIMING["baselines"] = time.monotonic() - t_anchor
     total, t0, n = len(order), time.monotonic(), 0
     ran = [0]
 
@@ -539,7 +553,10 @@ def verify_notebook(course: Course, assignment: str, nb_path: Path, timeout: flo
 
     runs_now: list = [{}]
     while order:
+        t_jail = time.monotonic()
         runs = run_jail(course, plans, order, timeout, compile_budget, slot, on_end=ended, holder=runs_now)
+        LAST_TIMING["sandbox"] = LAST_TIMING.get("sandbox", 0.0) + time.monotonic() - t_jail
+        t_judge = time.monotonic()
         finished = [i for i in order if runs[i].end is not None]
         cut = [i for i in order if runs[i].end is None]
         if cut:  # the first part without an end was in flight when the jail stopped: it fails; the rest run again
@@ -551,6 +568,7 @@ def verify_notebook(course: Course, assignment: str, nb_path: Path, timeout: flo
             n += 1
             log(f"verify: {who} / {r.grade_id}: {r.points:g} / {r.max_points:g} [{n}/{total} judged]")
         order = cut[1:]
+        LAST_TIMING["judging"] = LAST_TIMING.get("judging", 0.0) + time.monotonic() - t_judge
     merged = {**done, **out}
     return [merged[g] for g in _grade_ids(course, assignment) if g in merged and (only is None or g in only)]
 
