@@ -49,9 +49,15 @@ class Snapshot:
 
 
 def default_roots() -> list[str]:
-    """Every ``sys.path`` folder and site-packages folder (user site too), in order, once each."""
+    """Every ``sys.path`` folder and site-packages folder (user site too), in order, once each —
+    but not the course's own checkout (its source files are the instructor's to edit, and the
+    sandbox never sees them writable): its site-packages inside a venv still count."""
+    from .course import REPO
+
+    repo = str(REPO.resolve()) + os.sep
     # sys.path may hold things that are not folders (path hooks of editable installs): only paths
     roots = [p for p in sys.path if p and (os.path.isabs(p) or os.path.exists(p))]
+    roots = [p for p in roots if not (os.path.abspath(p) + os.sep).startswith(repo) or "site-packages" in p]
     try:
         roots += site.getsitepackages()
     except AttributeError:  # some virtualenv versions lack it

@@ -420,7 +420,7 @@ def judge(p: Plan, run: PartRun, timeout: float, compile_budget: float) -> PartR
     """The verdict of one part from what its run sent back."""
     from effilab.grading import measure
     from effilab.grading.calls import Problem
-    from effilab.grading.core import CaseResult, Verdict, default_device, judge_case, score
+    from effilab.grading.core import CaseResult, Verdict, default_device, expect_case, judge_case, score
 
     from .sanitize import clean_text
 
@@ -446,7 +446,7 @@ def judge(p: Plan, run: PartRun, timeout: float, compile_budget: float) -> PartR
             where = _device_of(case, dev)  # output and expected meet where the case's tensors are
             out = to_device(f.get("output"), where)
             try:
-                expected = None if isinstance(out, Problem) else to_device(p.ex.expect(case), where)
+                expected = None if isinstance(out, Problem) else to_device(expect_case(p.ex, case), where)
                 results[(gi, ci)] = judge_case(p.ex, out, case, expected)
             except Exception as exc:  # the judge's own failure on a malformed output
                 results[(gi, ci)] = CaseResult(False, f"{case.label}: could not compare your output ({exc})"[:500])

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import torch
 
 from .calls import Problem, call_student
-from .core import NOT_ON_CPU, Case, Exercise, Verdict, judge_case, run_case
+from .core import NOT_ON_CPU, Case, Exercise, Verdict, expect_case, judge_case, run_case
 
 __all__ = ["SpeedPart", "MemoryPart", "measure_speed", "measure_memory", "baseline_speed", "baseline_memory",
            "decide_speed", "decide_memory", "self_check", "replay_mutations"]
@@ -288,7 +288,7 @@ def _judged(ex: Exercise, out, case: Case, view=None) -> str | None:
     if view is not None and isinstance(out, dict) and "pick" in out and "value" in out:
         args, _ = view(case.args, int(out["pick"]))
         out, case = out["value"], Case(case.label, args, case.kwargs, case.meta)
-    r = judge_case(ex, out, case, ex.expect(case) if not isinstance(out, Problem) else None)
+    r = judge_case(ex, out, case, expect_case(ex, case) if not isinstance(out, Problem) else None)
     return None if r.ok else r.problem + (f" (hint: {r.hint})" if r.hint else "")
 
 

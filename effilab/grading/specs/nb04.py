@@ -78,6 +78,7 @@ def _as_float(out) -> float | Problem:
 
 @register
 class AccumulateGradients(Exercise):
+    single_thread = True
     name = "accumulate_gradients"
     notebook = NOTEBOOK
     title = "Gradient accumulation over uneven micro-batches, normalised by the total token count"
@@ -124,10 +125,9 @@ class AccumulateGradients(Exercise):
         """The student's accumulation on a fresh model: the returned loss and every .grad."""
         dev = default_device()
         mbs = [tuple(t.to(dev) for t in mb) for mb in case.args[0]]
-        with one_thread():
-            model = GPT(GPTConfig.preset("cpu-tiny"), seed=case.meta["s"]).to(dev).train()
-            given = clone(mbs)
-            out = call_student(fn, (model, given))
+        model = GPT(GPTConfig.preset("cpu-tiny"), seed=case.meta["s"]).to(dev).train()
+        given = clone(mbs)
+        out = call_student(fn, (model, given))
         if isinstance(out, Problem):
             return out
         if mutated(mbs, given, "a micro-batch"):
@@ -139,9 +139,8 @@ class AccumulateGradients(Exercise):
 
     def expect(self, case):
         dev = default_device()
-        with one_thread():
-            model = GPT(GPTConfig.preset("cpu-tiny"), seed=case.meta["s"]).to(dev).train()
-            loss, grads = reference_gradients(model, [tuple(t.to(dev) for t in mb) for mb in case.args[0]])
+        model = GPT(GPTConfig.preset("cpu-tiny"), seed=case.meta["s"]).to(dev).train()
+        loss, grads = reference_gradients(model, [tuple(t.to(dev) for t in mb) for mb in case.args[0]])
         return {"loss": float(loss), "grads": grads}
 
     def judge(self, out, case, expected=None):
