@@ -27,7 +27,7 @@ from typing import Any, Callable
 import torch
 
 __all__ = ["Problem", "quiet", "poisoned_allocations", "poison_value", "clone", "mutated", "describe_exception",
-           "call_student", "one_thread", "to_device", "put_back"]
+           "call_student", "one_thread", "to_device", "put_back", "as_float"]
 
 
 @dataclass
@@ -156,6 +156,17 @@ def clone(obj):
     if isinstance(obj, dict):
         return {k: clone(v) for k, v in obj.items()}
     return obj
+
+
+def as_float(out, what: str = "one number") -> float | Problem:
+    """The student's scalar answer as a float (a Python number or a one-element tensor), or a Problem."""
+    if isinstance(out, torch.Tensor):
+        if out.numel() != 1:
+            return Problem(f"return {what}, got a tensor of shape {tuple(out.shape)}")
+        return float(out.detach().float().item())
+    if isinstance(out, (int, float)) and not isinstance(out, bool):
+        return float(out)
+    return Problem(f"return {what} (a float), got {type(out).__name__}")
 
 
 def to_device(obj, dev):

@@ -23,7 +23,7 @@ from ...formats import FORMATS, FloatFormat, ValueClass, bf16_neighbours, bit_pa
 # so the checker's speed baseline must be its own reference, never a lazy import inside speed().
 from ...formats import stochastic_round_bf16_torch as _sr_bf16_torch
 from ..compare import compare_tensors, format_value
-from ..calls import Problem, call_student
+from ..calls import Problem, as_float, call_student
 from ..core import Case, Exercise, Group, case_seeds, default_device, register
 from ..measure import SpeedPart
 
@@ -488,14 +488,6 @@ class _ScalarExercise(Exercise):
             by_kind.setdefault(c.meta["kind"], []).append(c)
         return [Group(f"{kind} gradients", cs, self.hint) for kind, cs in by_kind.items()]
 
-    def _as_float(self, out):
-        if isinstance(out, torch.Tensor):
-            if out.numel() != 1:
-                raise TypeError(f"return one number, got a tensor of shape {tuple(out.shape)}")
-            return float(out.item())
-        if isinstance(out, (int, float)):
-            return float(out)
-        raise TypeError(f"return a Python float, got {type(out).__name__}")
 
 
 @register
@@ -508,10 +500,9 @@ class UnderflowFraction(_ScalarExercise):
             "divide by the number of non-zero elements (exact zeros are not underflow)")
 
     def judge(self, out, case, expected=None):
-        try:
-            y = self._as_float(out)
-        except TypeError as e:
-            return str(e)
+        y = as_float(out)
+        if isinstance(y, Problem):
+            return y.message
         e = expected_underflow_fraction(case.args[0])
         if not math.isclose(y, e, abs_tol=1e-9):
             return f"yours {y:.6f}, expected {e:.6f}"
@@ -528,10 +519,9 @@ class MaxSafeLossScale(_ScalarExercise):
             "largest finite value is 65504 and anything ≥ 65520 rounds to inf; k may be negative")
 
     def judge(self, out, case, expected=None):
-        try:
-            y = self._as_float(out)
-        except TypeError as e:
-            return str(e)
+        y = as_float(out)
+        if isinstance(y, Problem):
+            return y.message
         e = expected_max_safe_loss_scale(case.args[0])
         if y != e:
             return (f"yours {y:g} (2**{math.log2(y):.2f}), expected {e:g} (2**{int(math.log2(e))})" if y > 0

@@ -19,7 +19,7 @@ import torch
 from ...data import variable_length_batch
 from ...models.gpt import GPT, GPTConfig
 from ..compare import compare_tensors
-from ..calls import Problem, call_student, clone, mutated, one_thread
+from ..calls import Problem, as_float, call_student, clone, mutated, one_thread
 from ..core import Case, Exercise, Group, case_seeds, default_device, register
 from ..measure import MemoryPart
 
@@ -64,16 +64,6 @@ def reference_gradients(model: GPT, micro_batches):
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
     return loss.detach(), grads
-
-
-def _as_float(out) -> float | Problem:
-    if isinstance(out, torch.Tensor):
-        if out.numel() != 1:
-            return Problem(f"return the loss as one number, got a tensor of shape {tuple(out.shape)}")
-        return float(out.detach().float().item())
-    if isinstance(out, (int, float)) and not isinstance(out, bool):
-        return float(out)
-    return Problem(f"return the full batch's mean token loss (a float), got {type(out).__name__}")
 
 
 @register
@@ -132,7 +122,7 @@ class AccumulateGradients(Exercise):
             return out
         if mutated(mbs, given, "a micro-batch"):
             return Problem("the micro-batches were modified; leave the inputs untouched")
-        loss = _as_float(out)
+        loss = as_float(out, "the full batch's mean token loss")
         if isinstance(loss, Problem):
             return loss
         return {"loss": loss, "grads": {n: p.grad for n, p in model.named_parameters()}}
