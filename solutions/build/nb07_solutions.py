@@ -276,7 +276,7 @@ def quantize_model(model, calib: torch.Tensor, bits: int = 4, group_size: int = 
             if method == "gptq":
                 q, scale, zero, g_idx = gptq_quantize(W, X, bits, group_size)
             elif method == "awq":
-                s = awq_search_scales(W, X, bits, group_size)
+                s = awq_search_scales(W, X[:512], bits, group_size)   # AWQ needs few tokens
                 q, scale, zero = quantize_rtn(W * s, bits, group_size)
             else:
                 raise ValueError(f"method must be 'rtn', 'gptq' or 'awq', got {method!r}")
