@@ -340,9 +340,9 @@ def export(course: Course, csv_path: str, assignment=None, log=print) -> Path:
     return path
 
 
-def regrade(course: Course, assignment=None, student=None, log=print) -> dict:
+def regrade(course: Course, assignment=None, student=None, log=print, execute: bool = True) -> dict:
     before = scores(course, assignment)
-    autograde(course, assignment, student, force=True, log=lambda *_: None)
+    autograde(course, assignment, student, force=True, log=lambda *_: None, execute=execute)
     after = scores(course, assignment)
     changed = {}
     for key in sorted(set(before) | set(after)):

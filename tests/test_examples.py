@@ -27,9 +27,11 @@ from grader.cli import feedback, scores
 from grader.course import REPO, Course
 from grader.verify import grade_map
 
+from conftest import example_students
+
 ASSIGNMENTS = Course().assignments()
 EXERCISES = [e for a in ASSIGNMENTS for e in exercises(a)]
-HIDDEN_SECRETS = (12345, 2024)
+HIDDEN_SECRETS = (12345,)  # one stand-in course secret; tests/test_nb*_checkers.py try more where it matters
 
 
 def _bugs(a: str) -> list[dict]:
@@ -127,7 +129,8 @@ def expected_scores(a: str) -> dict[str, dict[str, float]]:
     bob = dict(alice)
     for b in _bugs(a):
         bob.update(b["cells"])
-    return {"alice": alice, "bob": bob, "carol": {g: 0.0 for g in alice}}
+    return {k: v for k, v in {"alice": alice, "bob": bob, "carol": {g: 0.0 for g in alice}}.items()
+            if k in example_students(a)}
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +153,7 @@ def test_autograde_scores_the_examples(graded, a):
 @pytest.mark.parametrize("a", ASSIGNMENTS)
 def test_feedback_shows_the_failures_and_no_hidden_test(graded, a):
     made = [p for p in feedback(graded, assignment=a, log=lambda *x: None)]
-    assert len(made) == 3
+    assert len(made) == len(example_students(a))
     secret = (graded.root / "secret_seed").read_text().strip()
     for html in made:
         text = html.read_text()

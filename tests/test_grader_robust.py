@@ -29,7 +29,7 @@ def _cells(table):
 def test_kill_minus_nine_then_resume_grades_everything_once(tmp_path):
     course = Course(root=tmp_path / "course")
     assert sum(o.ok for o in collect(course, [str(EXAMPLES)], log=lambda *a: None)) == 3
-    proc = _grader(course, "autograde", "--no-verify")
+    proc = _grader(course, "autograde", "--no-execute")
     markers = [course.path("autograded", s, A, ".effilab-graded") for s in ("alice", "bob", "carol")]
     deadline = time.time() + 600
     while time.time() < deadline and not any(m.exists() for m in markers):
@@ -38,7 +38,7 @@ def test_kill_minus_nine_then_resume_grades_everything_once(tmp_path):
     proc.wait()
     done_before = {m: m.stat().st_mtime for m in markers if m.exists()}
     assert 0 < len(done_before) < 3, "the kill should land between two submissions"
-    rerun = _grader(course, "autograde", "--no-verify")
+    rerun = _grader(course, "autograde", "--no-execute")
     assert rerun.wait(timeout=900) == 0
     assert all(m.exists() for m in markers)
     for m, mtime in done_before.items():  # graded once: not graded again by the rerun
@@ -54,7 +54,7 @@ def test_two_workers_give_the_same_grades_as_one(tmp_path):
         course = Course(root=tmp_path / f"course{workers}")
         collect(course, [str(EXAMPLES)], log=lambda *a: None)
         t0 = time.time()
-        proc = _grader(course, "autograde", "--workers", str(workers), "--no-verify")
+        proc = _grader(course, "autograde", "--workers", str(workers), "--no-execute")
         assert proc.wait(timeout=1800) == 0
         results[workers] = (_cells(scores(course)), time.time() - t0)
     assert results[1][0] == results[2][0]
