@@ -143,7 +143,8 @@ def _grade_one(course: Course, api, a: str, s: str, *, force: bool, verify: bool
     """nbgrader's run, then the authoritative verification, of one submission; False if nbgrader failed."""
     from .normalize import prepare_submission
     from .sanitize import cap_notebook_file, clean_results, clean_text
-    from .verify import load_verdicts, record, save_verdict, verify_notebook
+    from .record import load_verdicts, record, save_verdict
+    from .verify import verify_notebook
 
     marker = course.path("autograded", s, a, GRADED_MARKER)
     if marker.exists() and not force:
@@ -191,7 +192,7 @@ def _require_sandbox() -> None:
 
 
 def _forget_verdicts(course: Course, assignment: str, student: str) -> None:
-    from .verify import verdict_path
+    from .record import verdict_path
 
     p = verdict_path(course, assignment, student)
     if p.exists():

@@ -27,7 +27,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import hmac
-import json
 import os
 import secrets
 import struct
@@ -43,7 +42,6 @@ from effilab.grading.calls import to_device
 
 from .course import Course
 from .extract import cells_for, names_defined, setup_source, solution_cells, static_problems
-from .normalize import grader_notes
 
 MAX_REPORT = 6000  # characters of a verdict's report kept (huge outputs are truncated)
 COMPILE_BUDGET = 300.0  # seconds for start-up and the first call (Triton / torch.compile compile there)
@@ -577,76 +575,3 @@ def _grade_ids(course: Course, assignment: str) -> list[str]:
     source = nbformat.read(str(course.solutions / f"{assignment}.ipynb"), as_version=4)
     return list(grade_map(source))
 
-
-# ----------------------------------------------------------------------------------------------
-# Recording
-# ----------------------------------------------------------------------------------------------
-def verdict_path(course: Course, assignment: str, student: str) -> Path:
-    return course.path("verdicts", student, f"{assignment}.json")
-
-
-def load_verdicts(course: Course, assignment: str, student: str) -> dict[str, PartResult]:
-    """The parts of a submission already verified (a run that stopped half-way left them)."""
-    p = verdict_path(course, assignment, student)
-    if not p.exists():
-        return {}
-    try:
-        rows = json.loads(p.read_text())
-        return {r["grade_id"]: PartResult(**r) for r in rows}
-    except Exception:  # a damaged file: grade again
-        return {}
-
-
-def save_verdict(course: Course, assignment: str, student: str, result: PartResult) -> None:
-    """Add one part's verdict to the submission's verdict file (atomically)."""
-    have = load_verdicts(course, assignment, student)
-    have[result.grade_id] = result
-    p = verdict_path(course, assignment, student)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps([r.__dict__ for r in have.values()], indent=1, default=str))
-    os.replace(tmp, p)
-
-
-def record(course: Course, assignment: str, student: str, results: list[PartResult]) -> Path:
-    """Write the verdicts: JSON beside the gradebook, auto scores in the gradebook, a report cell per
-    graded cell into the autograded notebook (so feedback shows them)."""
-    for r in results:
-        save_verdict(course, assignment, student, r)
-    path = verdict_path(course, assignment, student)
-    with course.gradebook() as gb:
-        for r in results:
-            try:
-                g = gb.find_grade(r.grade_id, assignment, assignment, student)
-            except Exception:
-                continue
-            g.auto_score = r.points
-        gb.db.commit()
-    nbp = course.path("autograded", student, assignment, f"{assignment}.ipynb")
-    if nbp.exists():
-        _write_report_cells(nbp, {r.grade_id: r for r in results}, grader_notes(course, student, assignment))
-    return path
-
-
-def _write_report_cells(nbp: Path, by: dict, notes: list[str]) -> None:
-    nb = nbformat.read(str(nbp), as_version=4)
-    cells = []
-    if notes:  # what the grader changed before grading (grader/normalize.py), from the grader's own file
-        m = nbformat.v4.new_markdown_cell("**Notes from the grader** — before grading, the grader changed this in "
-                                          "your notebook:\n\n" + "\n".join(f"* {n}" for n in notes))
-        m.metadata["effilab_verdict"] = True
-        cells.append(m)
-    for c in nb.cells:
-        if c.get("metadata", {}).get("effilab_verdict"):
-            continue  # replaced on regrade
-        cells.append(c)
-        gid = c.get("metadata", {}).get("nbgrader", {}).get("grade_id")
-        if gid in by and c.get("metadata", {}).get("nbgrader", {}).get("grade"):
-            r = by[gid]
-            text = (f"**Recorded score: {r.points:g} / {r.max_points:g}** — graded outside your notebook, on the "
-                    f"grader's own inputs (the check above is your self-check).\n\n```\n{r.report}\n```")
-            m = nbformat.v4.new_markdown_cell(text)
-            m.metadata["effilab_verdict"] = True
-            cells.append(m)
-    nb.cells = cells
-    nbformat.write(nb, str(nbp))

@@ -9,7 +9,8 @@ from grader.collect import collect
 from grader.course import REPO, Course
 from grader.normalize import grader_notes, normalize, prepare_submission
 from grader.notes import add_notes, notes_path, read_notes
-from grader.verify import PartResult, record
+from grader.record import record
+from grader.verify import PartResult
 
 A = "01_float_formats"
 RELEASE = nbformat.read(str(REPO / "notebooks" / f"{A}.ipynb"), as_version=4)

@@ -4,7 +4,7 @@ import csv
 
 import pytest
 
-from grader import verify
+from grader import record
 from grader.cli import autograde, export, scores
 from grader.collect import collect
 from grader.course import REPO, Course
@@ -21,7 +21,7 @@ def test_a_killed_grading_shows_not_graded_and_a_rerun_completes_each_part_once(
     course.path("secret_seed").write_text(str(TEST_COURSE_SECRET))
     assert all(o.ok for o in collect(course, [str(REPO / "grader" / "examples" / A / f"alice_{A}.ipynb")],
                                      log=lambda *a: None))
-    saved, keep = [], verify.save_verdict
+    saved, keep = [], record.save_verdict
 
     def killed_after_two(course_, a, s, r):  # the process dies between two parts (as with kill -9)
         keep(course_, a, s, r)
@@ -29,7 +29,7 @@ def test_a_killed_grading_shows_not_graded_and_a_rerun_completes_each_part_once(
         if len(saved) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(verify, "save_verdict", killed_after_two)
+    monkeypatch.setattr(record, "save_verdict", killed_after_two)
     with pytest.raises(KeyboardInterrupt):
         autograde(course, assignment=A, execute=False, log=lambda *a: None)
     row = scores(course, A)[(A, "alice")]
@@ -40,7 +40,7 @@ def test_a_killed_grading_shows_not_graded_and_a_rerun_completes_each_part_once(
     assert line["state"] == "pending" and line["score"] == ""
     assert sum(v == "not graded" for v in line.values()) == len(row["cells"]) - 2
 
-    monkeypatch.setattr(verify, "save_verdict", keep)
+    monkeypatch.setattr(record, "save_verdict", keep)
     log = []
     assert autograde(course, assignment=A, execute=False, log=log.append) == 0
     rerun = [ln.split(" / ")[2].split(":")[0] for ln in log
