@@ -183,17 +183,21 @@ def _check_args(x: torch.Tensor, code: torch.Tensor, blocksize: int) -> None:
         raise ValueError(f"blocksize must be one of {BLOCKSIZES}, got {blocksize}")
 
 
+GPU_TILE = 4096  # values per program on a GPU; to calibrate on the H200 (benchmarks/gpu/nb05.sh sweeps it)
+
+
 def _rows(blocksize: int) -> tuple[int, int]:
-    """(blocks per program, num_warps): 4096-value tiles on a GPU, 64 Ki-value tiles in the interpreter."""
-    tile = 65536 if is_interpreter() else 4096  # to calibrate on the H200 (benchmarks/gpu/nb05.sh)
+    """(blocks per program, num_warps): GPU_TILE-value tiles on a GPU, 64 Ki-value tiles in the interpreter."""
+    tile = 65536 if is_interpreter() else GPU_TILE
     rows = max(1, tile // blocksize)
     return rows, 8 if rows * blocksize >= 2048 else 4
 
 
 def quantize_blockwise(x: torch.Tensor, code: torch.Tensor, blocksize: int = 256,
-                       *, use_lut: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       *, use_lut: bool | None = None, config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(codes, absmax)``: uint8 codes of ``x``'s shape and one fp32 absmax per ``blocksize`` values
-    (the last block may be partial). ``use_lut=None`` takes the two-gather lookup when the code allows it."""
+    (the last block may be partial). ``use_lut=None`` takes the two-gather lookup when the code allows it;
+    ``config={"ROWS": …, "num_warps": …}`` overrides the launch (the benchmark's sweep)."""
     _check_args(x, code, blocksize)
     xf = x.contiguous().view(-1)
     n = xf.numel()
@@ -207,7 +211,7 @@ def quantize_blockwise(x: torch.Tensor, code: torch.Tensor, blocksize: int = 256
     if use_lut and not lut_ok:
         raise ValueError("this code has two midpoints in one lookup bucket: use use_lut=False (binary search)")
     use = lut_ok if use_lut is None else bool(use_lut)
-    rows, warps = _rows(blocksize)
+    rows, warps = _rows(blocksize) if config is None else (int(config["ROWS"]), int(config["num_warps"]))
     _quantize_kernel[(triton.cdiv(nb, rows),)](
         xf, q, absmax, lut if use else mid, mid, n, nb, BLOCK=blocksize, ROWS=rows, USE_LUT=use,
         LUT_EXP=LUT_EXP, LUT_MANT=LUT_MANT, NB=LUT_BUCKETS, num_warps=warps)

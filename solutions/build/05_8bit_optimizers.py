@@ -34,7 +34,7 @@ def _sources() -> dict[str, str]:
 def build():
     src = _sources()
     c = []
-    c.append(md(f"""
+    c.append(md("""
 # 05 — 8-bit optimizers: block-wise quantization and a fused 8-bit AdamW
 
 Adam keeps two numbers per parameter, the running mean of the gradient $m$ and of its square $v$.
@@ -99,20 +99,23 @@ with linear 8-bit states was unstable in most runs.
 **Dynamic ("tree") quantization** (Dettmers, *8-Bit Approximations for Parallelism in Deep
 Learning*, ICLR 2016) spends the bits like a floating-point number: a value $s \in [-1, 1]$ is
 $\pm 10^{-k} \cdot f$ with a *decade* $k \in \{0, \dots, 6\}$ and a linear *fraction* $f \in [0.1, 1]$;
-small decades get few fraction steps, large ones many. The codes are precise to a few percent over
-**seven decades**, $10^{-6}$ to 1 (the plots below). For $v \ge 0$ the sign bit is wasted, so
-bitsandbytes uses an **unsigned** map for $v$ with twice the fraction steps.
+small decades get few fraction steps, large ones many. The relative error grows slowly as values
+shrink — a few percent down to $10^{-2}$ of the absmax, tens of percent at $10^{-5}$ — and only
+values below about $3 \cdot 10^{-7}$ become 0: **seven decades** instead of two (the plots below).
+For $v \ge 0$ the sign bit is wasted, so bitsandbytes uses an **unsigned** map for $v$ with twice the
+fraction steps.
 
 **Block-wise.** One absmax per tensor lets one outlier coarsen a million values. Cut the flat tensor
 into blocks of $B$ values, each with its own fp32 absmax: an outlier costs only its block. The paper
 used $B = 2048$; bitsandbytes' 8-bit optimizers use **$B = 256$** today (the cell below checks), so the
 absmax adds $4/256$ byte per value and state. **Small tensors** (biases, norms: under 4096 values) keep
-fp32 state — they cost nothing and are the most sensitive.
+fp32 state: they cost little memory, and a block of 256 would hold most of their values anyway.
 """, "md_linear"))
     c.append(code(src["demo_maps"], "demo_maps"))
     c.append(md(r"""
 The plot is the whole story: the linear map's relative error reaches 100 % (the value became 0) below
-$1/254$ of the absmax, the dynamic map stays within a few percent down to $10^{-6}$. On a real $v$
+$1/254$ of the absmax; the dynamic map's error grows slowly and reaches 100 % only below
+$3 \cdot 10^{-7}$. On a real $v$
 (below: after 30 AdamW steps on the course GPT, one entry multiplied by $10^4$ as an outlier) the table
 counts the values that 8 bits turn into 0, per tensor and per block of 256.
 """, "md_report"))
@@ -243,9 +246,9 @@ buffers first moves 8 more bytes per value and allocates them.
 * the check drives your step over scripted gradients and compares `param` after **every step** with
   bitsandbytes' 8-bit AdamW algorithm (computed exactly): the total update $\\Delta p$ must be within a
   relative {O.ADAM_TOL:g} <!-- nb05_optim.ADAM_TOL --> of the reference's. Why that number: two correct
-  kernels differ by ≤ 6e-4 (bitsandbytes' CUDA kernel decays *after* the Adam step; fp16 parameters
-  round differently), while a `v` quantized with the signed map is off by 3e-3 and more, fp32 AdamW
-  (no quantization at all) by 6e-3 and more;
+  kernels differ by ≤ 5e-4 (bitsandbytes' CUDA kernel decays *after* the Adam step, a difference of
+  lr·wd), while a `v` quantized with the signed map is off by 3e-3 and more, fp32 AdamW (no
+  quantization at all) by 6e-3 and more;
 * your state may take at most **{O.MAX_STATE_BYTES} bytes per parameter** <!-- nb05_optim.MAX_STATE_BYTES -->
   (2 bytes of codes + 8 bytes of absmax per 256 values = 2.03).
 

@@ -33,9 +33,9 @@ NOTEBOOK = "05_8bit_optimizers"
 #: bitsandbytes' fp32 arithmetic by ≤ 1 ulp (1.2e-7): 1e-6 accepts the second, rejects any wrong value.
 MAP_RTOL = 1e-6
 #: A code other than bitsandbytes' is accepted when it is at least as near to ``s = x / absmax`` as
-#: the nearest code, up to this many fp32 ulps of ``s`` (dividing by absmax or multiplying by its
-#: reciprocal rounds ``s`` differently by ≤ 1 ulp).
-CODE_ULPS = 2.0
+#: the nearest code, up to this many fp32 ulps of ``s``: a reciprocal instead of a division rounds
+#: ``s`` differently by ≤ 1 ulp, Triton's default fp32 division on a GPU (div.full.f32) by ≤ 2.
+CODE_ULPS = 4.0
 #: Speed: ≥ this × bitsandbytes' quantize_blockwise(blocksize 256) on 2**28 fp32 values.
 QUANT_SPEED_THRESHOLD = 1.25  # to calibrate on the H200 (benchmarks/gpu/nb05.sh); bnb 0.84 TB/s (issue #10)
 QUANT_SPEED_N = 1 << 28

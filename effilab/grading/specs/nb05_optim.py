@@ -29,18 +29,18 @@ from ..core import Case, CaseResult, Exercise, Group, case_seeds, default_device
 from ..measure import MemoryPart, SpeedPart
 from .nb05 import NOTEBOOK, _dt, _gen, _half_dtypes, dynamic_maps
 
-# The checker's own references, taken at import (the grader traps torch.optim.Adafactor while student
-# code runs; see grader.traps).
+# The checker's own references, taken at import (the grader traps torch.optim.Adafactor's functions while
+# student code runs; see grader.traps).
 _TorchAdafactor = torch.optim.Adafactor
 _reference_step = quantized_adamw_step
 
 #: Relative error of the total update ‖Δp_yours − Δp_ref‖ / ‖Δp_ref‖ allowed after every step.
 #: Measured on CPU (tests/test_nb05_checkers.py; public suite and a hidden one, groups 1–4): the
-#: reference Triton kernel ≤ 3e-6; a correct step in bitsandbytes' CUDA order (decay after the Adam
-#: step, eps·√(1-β2ᵗ) form) ≤ 1.5e-4 in fp32 and ≤ 5.8e-4 with fp16 parameters (their roundings
-#: differ); the nearest wrong variants — v quantized with the signed map 3.3e-3 – 9.4e-3, fp32 AdamW
-#: (no quantization) 5.6e-3 – 1.5e-2 — and every other classic mistake (no bias correction, moments
-#: requantized before the update, L2 instead of decoupled decay) ≥ 0.1. 1.5e-3 sits between.
+#: notebook's Triton kernel ≤ 3e-6; a correct step in bitsandbytes' CUDA order (decay after the Adam
+#: step, eps·√(1-β2ᵗ) form) ≤ 1.5e-4, and ≤ 4.5e-4 in the weight-decay group (the orders differ by
+#: lr·wd ≤ 5e-4); the nearest wrong variants — v quantized with the signed map 3.3e-3 – 9.4e-3, fp32
+#: AdamW (no quantization) 5.6e-3 – 1.5e-2 — and every other classic mistake (no bias correction,
+#: moments requantized before the update, L2 instead of decoupled decay) ≥ 0.1. 1.5e-3 sits between.
 ADAM_TOL = 1.5e-3
 #: The dequantized 8-bit moments after the last step, relative norm error against the reference's:
 #: near-tie codes of a correct kernel move it by < 1e-4, v quantized with the signed map by ≈ 1.
@@ -211,6 +211,12 @@ class AdamW8bitStep(Exercise):
         seeds = case_seeds(suite, key)
         big = (1823, 781) if gpu else (48, 100)
         long_, short = STEPS_GPU if gpu else STEPS_CPU
+        # half precision: a parameter that two correct kernels round to neighbouring fp16/bf16 values
+        # moves the relative error by one ulp / ‖Δp‖. No weight decay here (the order of the decay, which
+        # correct kernels may choose, would move many values across a rounding boundary), lr 5e-3 and on
+        # a GPU large tensors keep that far below the tolerance.
+        half_shapes = ([(20000,), (160, 650), (40961,), (3000,), (1200,)] if gpu else
+                       [(2000,), (16, 65), (4097,), (300,), (1200,)])
         hps = [dict(), dict(lr=2e-3, beta2=0.99, eps=1e-6, weight_decay=0.0), dict(lr=5e-4, beta1=0.8, weight_decay=0.05),
                dict(beta1=0.95, beta2=0.98, eps=1e-7), dict(lr=3e-3, beta2=0.995, weight_decay=0.05)]
         hd = _half_dtypes()
@@ -231,8 +237,8 @@ class AdamW8bitStep(Exercise):
                   "AdamW: p = p·(1 - lr·wd) - lr·m̂/(√v̂ + eps); do not add wd·p to the gradient (that is Adam "
                   "with L2, whose decay is then divided by √v)"),
             Group("half-precision parameters and gradients (fp16; bf16 too on a GPU): fp32 math, p rounded once",
-                  [_adam_case(s, shp, short, hd[i % len(hd)], p_scale=0.05) for i, (s, shp) in
-                   enumerate(zip(seeds, [(2000,), (16, 65), (4097,), (300,), (1200,)]))],
+                  [_adam_case(s, shp, short, hd[i % len(hd)], p_scale=0.05, lr=5e-3, weight_decay=0.0) for i, (s, shp) in
+                   enumerate(zip(seeds, half_shapes))],
                   "load p and g with .to(tl.float32), compute everything in fp32, store p with "
                   ".to(p_ptr.dtype.element_ty)"),
             Group(f"8-bit state: ≤ {MAX_STATE_BYTES} bytes per parameter, m with the signed map, v with the unsigned",
@@ -386,7 +392,12 @@ def _adafactor_run(make, inits, grads, hp, call=_call):
 @register
 class AdafactorExercise(Exercise):
     name = "Adafactor"
-    forbidden = ("torch.optim.Adafactor", "torch.optim._adafactor")
+    # The functions that do torch.optim.Adafactor's work (its step() calls them through its module):
+    # trapped, they make torch's class unusable in graded code. Not the class itself: the sandbox's
+    # integrity check reads a trapped class's __init_subclass__ classmethod as a fresh bound method
+    # each time and reports it as patched (see the report of issue #10).
+    forbidden = ("torch.optim._adafactor.adafactor", "torch.optim._adafactor._single_tensor_adafactor",
+                 "torch.optim._adafactor._multi_tensor_adafactor")
     notebook = NOTEBOOK
     title = "Adafactor's factored second moment: n + m numbers for an n×m matrix"
     points = {"correctness": 3.0}
