@@ -393,3 +393,27 @@ def test_gpu_reference_kernels_pass_correctness_and_memory_on_a_gpu():
     part = ex.memory_part(key_for(ex, "public"))
     v = decide_memory(ex, part, measure_memory(ex, part, adamw8bit_step), {})
     assert v.passed, v.report()
+
+
+# ---------------------------------------------------------------------------------------------- effilab.quant8
+def test_quant8_memory_breakdown_counts_adamw_at_16_bytes_per_parameter():
+    from effilab.models import GPT, GPTConfig
+
+    model = GPT(GPTConfig.preset("cpu-tiny"), seed=0)
+    x = torch.randint(0, 256, (2, 16))
+    m = quant8.memory_breakdown(model, lambda ps: torch.optim.AdamW(ps, lr=1e-3), (x, x))
+    assert (m["weights"] + m["grads"] + m["optimizer"]) / m["n_params"] == 16.0
+
+
+def test_quant8_linear_maps_zero_what_the_dynamic_map_keeps(maps):
+    v = torch.logspace(-6, 0, 1000)  # six decades below the absmax
+    lin, dyn = quant8.quantization_report(v, {"linear": (quant8.linear_map(False), None), "dynamic": (maps[1], None)})
+    assert lin["zeroed"] > 0.5 and dyn["zeroed"] == 0.0
+    assert quant8.linear_map(True).numel() == quant8.linear_map(False).numel() == 256
+
+
+def test_quant8_paged_demo_says_it_needs_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("the CPU behaviour")
+    with pytest.raises(RuntimeError, match="CUDA GPU"):
+        quant8.paged_optimizer_demo(1024)

@@ -128,26 +128,47 @@ def create_dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bi
     ### END SOLUTION
 # ==== cell quantize_blockwise_solution
 @triton.jit
-def nearest_code(s, code_ptr):
+def midpoints_kernel(
+    code_ptr,              # pointer to the 256 sorted code values (fp32)
+    mid_ptr,               # pointer to the output: the 255 midpoints (fp32)
+):
+    """mid[k] = (code[k] + code[k+1]) / 2: one program computes all 255."""
+    ### BEGIN SOLUTION
+    k = tl.arange(0, 256)
+    ok = k < 255
+    lo = tl.load(code_ptr + k, mask=ok, other=0.0)
+    hi = tl.load(code_ptr + k + 1, mask=ok, other=0.0)
+    tl.store(mid_ptr + k, (lo + hi) * 0.5, mask=ok)
+    ### END SOLUTION
+
+
+@triton.jit
+def nearest_code(s, mid_ptr):
     """The index of the code nearest to each value of the tile ``s`` (values in [-1, 1]).
 
-    ``code_ptr`` points to the 256 sorted codes. The index is the number of midpoints
-    (code[k] + code[k+1]) / 2 strictly below s, so a value exactly halfway takes the lower code.
+    ``mid_ptr`` points to the 255 sorted midpoints between neighbouring codes. The index is the
+    number of midpoints strictly below s, so a value exactly halfway takes the lower code.
     """
     ### BEGIN SOLUTION
     q = tl.zeros(s.shape, dtype=tl.int32)
     for k in tl.static_range(8):                     # binary search: steps of 128, 64, ..., 1
-        cand = q + (128 >> k)                         # cand - 1 and cand stay in [0, 255]
-        mid = (tl.load(code_ptr + cand - 1) + tl.load(code_ptr + cand)) * 0.5
-        q = tl.where(mid < s, cand, q)
+        cand = q + (128 >> k)                         # cand - 1 stays in [0, 254]
+        q = tl.where(tl.load(mid_ptr + cand - 1) < s, cand, q)
     return q
     ### END SOLUTION
+
+
+def midpoints(code: torch.Tensor) -> torch.Tensor:
+    """The 255 midpoints of a 256-value code, computed by midpoints_kernel (a buffer of 256 values)."""
+    mid = torch.empty(256, dtype=torch.float32, device=code.device)
+    midpoints_kernel[(1,)](code, mid)
+    return mid
 
 
 @triton.jit
 def quantize_blockwise_kernel(
     x_ptr,                 # pointer to x, flat and contiguous, n values (fp32, fp16 or bf16)
-    code_ptr,              # pointer to the 256 sorted code values (fp32)
+    mid_ptr,               # pointer to the 255 midpoints between neighbouring codes (fp32)
     q_ptr,                 # pointer to the output codes, uint8, n values
     absmax_ptr,            # pointer to the output absmax, fp32, one per block
     n,                     # number of values
@@ -162,7 +183,7 @@ def quantize_blockwise_kernel(
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     absmax = tl.max(tl.abs(x), axis=1, keep_dims=True)            # [ROWS, 1]: one per block
     s = x / tl.where(absmax > 0, absmax, 1.0)                     # an all-zero block: s = 0
-    q = nearest_code(s, code_ptr)
+    q = nearest_code(s, mid_ptr)
     tl.store(q_ptr + offs, q.to(tl.uint8), mask=mask)
     tl.store(absmax_ptr + rows[:, None], absmax, mask=(rows < n_blocks)[:, None])
     ### END SOLUTION
@@ -189,7 +210,7 @@ def quantize_blockwise(x: torch.Tensor, code: torch.Tensor, blocksize: int = 256
     # a 4096-value tile per program on a GPU; in the interpreter few, large programs
     rows = min(65536 // blocksize, triton.next_power_of_2(n_blocks)) if INTERPRET else max(1, 4096 // blocksize)
     quantize_blockwise_kernel[(triton.cdiv(n_blocks, rows),)](
-        xf, code, q, absmax, n, n_blocks, BLOCK=blocksize, ROWS=rows, num_warps=8)
+        xf, midpoints(code), q, absmax, n, n_blocks, BLOCK=blocksize, ROWS=rows, num_warps=8)
     return q.view(x.shape), absmax
     ### END SOLUTION
 # ==== cell dequantize_blockwise_solution
@@ -278,7 +299,7 @@ except NotImplementedError:
     print("Finish exercise 2 to compare your kernels with bitsandbytes.")
 # ==== cell demo_ablation
 ABL_CFG = GPTConfig.preset("cpu-small" if ON_GPU else "cpu-tiny")
-ABL_STEPS, ABL_BATCH = (300, 32) if ON_GPU else (60, 8)
+ABL_STEPS, ABL_BATCH = (200, 32) if ON_GPU else (60, 8)
 
 
 def eight_bit(qmap_m, qmap_v):
@@ -313,6 +334,8 @@ def adamw8bit_kernel(
     v_absmax_ptr,          # pointer to v's absmax, fp32, one per block, updated in place
     qmap_m_ptr,            # pointer to m's code map (signed, 256 fp32)
     qmap_v_ptr,            # pointer to v's code map (unsigned, 256 fp32)
+    mid_m_ptr,             # pointer to the 255 midpoints of m's map
+    mid_v_ptr,             # pointer to the 255 midpoints of v's map
     n,                     # number of values
     n_blocks,              # number of blocks, ceil(n / BLOCK)
     beta1, beta2, eps,     # Adam's hyperparameters
@@ -340,8 +363,8 @@ def adamw8bit_kernel(
     # 3. requantize them with a new absmax per block
     m_absmax = tl.max(tl.abs(m), axis=1)
     v_absmax = tl.max(v, axis=1)
-    qm = nearest_code(m / tl.where(m_absmax > 0, m_absmax, 1.0)[:, None], qmap_m_ptr)
-    qv = nearest_code(v / tl.where(v_absmax > 0, v_absmax, 1.0)[:, None], qmap_v_ptr)
+    qm = nearest_code(m / tl.where(m_absmax > 0, m_absmax, 1.0)[:, None], mid_m_ptr)
+    qv = nearest_code(v / tl.where(v_absmax > 0, v_absmax, 1.0)[:, None], mid_v_ptr)
     tl.store(m_ptr + offs, qm.to(tl.uint8), mask=mask)
     tl.store(v_ptr + offs, qv.to(tl.uint8), mask=mask)
     tl.store(m_absmax_ptr + rows, m_absmax, mask=row_ok)
@@ -374,10 +397,12 @@ def adamw8bit_step(param: torch.Tensor, grad: torch.Tensor, state: dict, step: i
         state["m_absmax"] = torch.zeros(n_blocks, dtype=torch.float32, device=param.device)
         state["v_absmax"] = torch.zeros(n_blocks, dtype=torch.float32, device=param.device)
     rows = min(256, triton.next_power_of_2(n_blocks)) if INTERPRET else 8
+    qmap_m, qmap_v = state["qmap_m"], state["qmap_v"]
     adamw8bit_kernel[(triton.cdiv(n_blocks, rows),)](
         param, grad.contiguous(), state["m"], state["v"], state["m_absmax"], state["v_absmax"],
-        state["qmap_m"], state["qmap_v"], n, n_blocks, beta1, beta2, eps, 1.0 - lr * weight_decay,
-        lr / (1.0 - beta1 ** step), math.sqrt(1.0 - beta2 ** step), BLOCK=256, ROWS=rows, num_warps=8)
+        qmap_m, qmap_v, midpoints(qmap_m), midpoints(qmap_v), n, n_blocks, beta1, beta2, eps,
+        1.0 - lr * weight_decay, lr / (1.0 - beta1 ** step), math.sqrt(1.0 - beta2 ** step),
+        BLOCK=256, ROWS=rows, num_warps=8)
     ### END SOLUTION
 # ==== cell demo_your_optimizer
 YOURS_CFG = GPTConfig.preset("gpu-real" if ON_GPU else "cpu-tiny")
