@@ -231,20 +231,18 @@ class Fused8bitAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            b1, b2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                state["step"] = state.get("step", 0) + 1
-                args = (state["step"], group["lr"], b1, b2, group["eps"], group["weight_decay"])
-                if p.numel() >= self.min_8bit_size:
-                    if "qmap_m" not in state:
-                        state["qmap_m"], state["qmap_v"] = self._maps_on(p.device)
-                    self.step_fn(p.data, p.grad, state, *args)
+        for hp in self.param_groups:
+            b1, b2 = hp["betas"]
+            for param in (q for q in hp["params"] if q.grad is not None):
+                st = self.state[param]
+                st["step"] = st.get("step", 0) + 1
+                args = (st["step"], hp["lr"], b1, b2, hp["eps"], hp["weight_decay"])
+                if param.numel() >= self.min_8bit_size:
+                    if "qmap_m" not in st:
+                        st["qmap_m"], st["qmap_v"] = self._maps_on(param.device)
+                    self.step_fn(param.data, param.grad, st, *args)
                 else:
-                    self._fp32_step(p, state, *args)
+                    self._fp32_step(param, st, *args)
         return loss
 
     @staticmethod
