@@ -155,8 +155,11 @@ $\\hat x = \\text{{code}}[q] \\cdot N_b$.
 **The nearest code, exactly.** With the fp32 midpoints $\\text{{mid}}_k = (\\text{{code}}[k] + \\text{{code}}[k+1])/2$,
 the nearest code's index is the number of midpoints *strictly below* $s$ — so a value exactly halfway
 takes the **lower** code, the rule of `torch.bucketize` and of bitsandbytes' PyTorch backend. A binary
-search finds it in 8 steps over the sorted table (which stays in the L1 cache):
-`q = 0; for step in 128, 64, …, 1: if mid[q + step - 1] < s: q += step`.
+search finds it in 8 steps over the sorted table of midpoints (1 KB: it stays in the L1 cache):
+`q = 0; for step in 128, 64, …, 1: if mid[q + step - 1] < s: q += step`. Compute the 255 midpoints
+once per call with a one-program kernel (`midpoints_kernel`): as in notebook 08, your functions may
+only allocate, view and copy tensors around your own kernels — PyTorch arithmetic in the call earns
+nothing, even for 255 values.
 An all-zero block has $N_b = 0$: divide by 1 instead, so that $s = 0$ (dividing by $N_b$ rather than
 multiplying by $1/N_b$ also keeps blocks of tiny values, $N_b < 10^{{-38}}$, finite).
 
@@ -256,7 +259,8 @@ buffers first moves 8 more bytes per value and allocates them.
 **{O.ADAM_SPEED_THRESHOLD:g}×** <!-- nb05_optim.ADAM_SPEED_THRESHOLD --> as fast as `bitsandbytes.optim.AdamW8bit`.
 **Memory (GPU):** a step (after the first) may allocate at most
 {O.ADAM_MEMORY_FRACTION:g} <!-- nb05_optim.ADAM_MEMORY_FRACTION --> × the bytes of the fp32 parameters: no fp32
-copies of $m$ and $v$. The nearest-code search of exercise 2 (`nearest_code`) is yours to reuse.
+copies of $m$ and $v$. Exercise 2's `nearest_code` and `midpoints` are yours to reuse; the state
+may be allocated with `torch.zeros` in the call, everything else happens in your kernels.
 """, "md_ex3"))
     c.append(solution(src["adamw8bit_step_solution"], "adamw8bit_step_solution"))
     c.append(test('# Check exercise 3, correctness (graded; the last line is your points).\n'
