@@ -213,30 +213,27 @@ def dynamo_logs(*artifacts: str) -> Iterator[list[str]]:
     """
     messages: list[str] = []
     handler = _Collect(messages)
+    before = {lg: lg.handlers[:] for lg in _torch_loggers()}
     torch._logging.set_logs(**{a: True for a in artifacts})
     # torch._logging gives every logger it configures (torch._dynamo, torch._inductor, one per
-    # artifact…) a handler of its own and stops propagation: swap each logger's handlers for ours.
-    swapped = _swap_torch_handlers(handler)
+    # artifact…) a handler of its own and stops propagation: each of them gets ours instead.
+    for lg in _torch_loggers():
+        if lg.handlers:
+            lg.handlers[:] = [handler]
     try:
         yield messages
     finally:
-        for lg, hs in swapped:
-            lg.handlers[:] = hs
-        torch._logging.set_logs()  # back to the defaults
-        # set_logs() installs fresh handlers; the ones that were there before come back instead
-        for lg, hs in swapped:
-            lg.handlers[:] = hs
+        torch._logging.set_logs()  # torch's default settings, then the handlers that were there before
+        for lg in _torch_loggers():
+            if lg in before:
+                lg.handlers[:] = before[lg]
+            elif handler in lg.handlers:
+                lg.removeHandler(handler)
 
 
-def _swap_torch_handlers(handler: logging.Handler) -> list[tuple[logging.Logger, list[logging.Handler]]]:
-    swapped = []
-    loggers = [logging.getLogger("torch")] + [lg for name, lg in list(logging.Logger.manager.loggerDict.items())
-                                              if name.startswith("torch.") and isinstance(lg, logging.Logger)]
-    for lg in loggers:
-        if lg.handlers:
-            swapped.append((lg, lg.handlers[:]))
-            lg.handlers[:] = [handler]
-    return swapped
+def _torch_loggers() -> list[logging.Logger]:
+    return [logging.getLogger("torch")] + [lg for name, lg in list(logging.Logger.manager.loggerDict.items())
+                                           if name.startswith("torch.") and isinstance(lg, logging.Logger)]
 
 
 @dataclass
@@ -244,7 +241,7 @@ class BreakSite:
     """Where a graph break happened and why (Dynamo's words, first line)."""
 
     reason: str
-    where: str  # "file:line" of the user code, when Dynamo's log said it
+    where: str  # "file.py:line" of the user code (file name only), when Dynamo's log said it
 
 
 @dataclass
@@ -289,7 +286,8 @@ def _break_sites(messages: list[str]) -> list[BreakSite]:
                 head = rest.pop(0) if rest else head
             why = next((ln.removeprefix("Explanation: ") for ln in rest if ln.startswith("Explanation:")), "")
             reason = head + (f" — {why}" if why else "")
-        sites.append(BreakSite(reason[:300], at.group(1)))
+        where = at.group(1)
+        sites.append(BreakSite(reason[:300], where.rsplit("/", 1)[-1]))  # file:line, without the directories
     return sites
 
 
