@@ -72,14 +72,19 @@ class GraphRecord:
 
 
 def _op_names(gm: torch.fx.GraphModule) -> list[str]:
+    """The call targets of a graph, in order: ``"aten.mm.default"`` for an aten (or custom) operator,
+    the function's name (``"linear"``) for a torch function, the method or submodule name otherwise."""
     out = []
     for node in gm.graph.nodes:
-        if node.op in ("call_function", "call_method", "call_module"):
-            t = node.target
-            out.append(t if isinstance(t, str) else getattr(t, "__name__", None) if not isinstance(
-                t, torch._ops.OpOverload) else str(t))
-            if out[-1] is None:
-                out[-1] = str(t)
+        if node.op not in ("call_function", "call_method", "call_module"):
+            continue
+        t = node.target
+        if isinstance(t, str):
+            out.append(t)
+        elif isinstance(t, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+            out.append(str(t))
+        else:
+            out.append(getattr(t, "__name__", None) or str(t))
     return out
 
 

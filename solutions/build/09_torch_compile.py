@@ -44,8 +44,9 @@ Python Bytecode Transformation and Graph Compilation* (ASPLOS '24).
 **How grading works.** Each exercise has a *solution* cell, then *check* cells. Correctness is
 checked on any machine (plus hidden tests in the grader); the speed part of exercise 4 needs a CUDA
 GPU and says so elsewhere. The checker compiles your code with the cheap backends `eager` and
-`aot_eager` (it passes them to you as `backend=`): guards, recompiles and graph breaks are
-TorchDynamo's and do not depend on the backend, and a check then takes seconds instead of minutes.
+`aot_eager` (where you call `torch.compile`, it passes them to you as `backend=`): guards,
+recompiles and graph breaks are TorchDynamo's and do not depend on the backend, and a check then
+takes seconds instead of minutes.
 On a CPU, Inductor writes C++ and compiles it with `g++`: the one cell below that uses it takes
 15–30 s the first time.
 """, "intro"))
@@ -178,7 +179,7 @@ except Exception as e:
 add(md(r"""
 `explain` counts fewer breaks than there are break sites: the `print` comes right after the
 `.item()` break, so the resume function breaks again before it has recorded anything, and no graph
-is counted for it. Either way the block runs as three graphs with Python in between.
+is counted for it. Either way the block runs as several graphs with Python in between.
 
 ### Exercise 1 — `FixedBlock`: the same block in one graph (3 points)
 
@@ -239,8 +240,8 @@ size changes, Dynamo recompiles once with that dimension **symbolic** (a `SymInt
 range such as `2 <= T <= 128`) — *automatic dynamic shapes* — and later sizes reuse that graph.
 Each dimension that changes costs one such recompile. To compile symbolically from the first call:
 `torch._dynamo.mark_dynamic(x, dim)` on the input (per tensor, per dimension) or
-`torch.compile(..., dynamic=True)` (every dimension). Sizes 0 and 1 stay special: a size-1
-dimension broadcasts, so Dynamo specialises it even when it is marked dynamic.
+`torch.compile(..., dynamic=True)` (every dimension). Sizes 0 and 1 stay special: Dynamo
+specialises them (a size-1 dimension broadcasts), so a batch of one gets a graph of its own.
 
 **The recompile limit.** After `torch._dynamo.config.recompile_limit` versions of one frame
 (8 by default), Dynamo stops compiling it and runs it **eagerly**, with a one-line warning — a
@@ -269,8 +270,9 @@ add(md(r"""
 Now an evaluation loop: the same model on sequences of different lengths. `TinyLM` is a one-block
 causal language model (token and position embeddings, a token-shift MLP — each position also sees
 the previous one — and a head; `effilab/compile_models.py`). We count the
-graphs compiled at each call, static (`dynamic=False`) and with the default automatic dynamic
-shapes, and print the guard failure that triggered the recompile (`TORCH_LOGS=recompiles`):
+graphs compiled at each call — static (`dynamic=False`), with the default automatic dynamic shapes,
+and with the length marked dynamic — and print the guard failure that triggered the recompile
+(`TORCH_LOGS=recompiles`):
 """, "md_recompiles"))
 
 add(code(r"""
@@ -278,18 +280,22 @@ lm = TinyLM(seed=0).eval()
 lengths = [17, 33, 50]
 calls = [torch.randint(0, 64, (4, T)) for T in lengths]
 per_call, reasons = {}, []
-for name, kw in [("dynamic=False", dict(dynamic=False)), ("default (automatic dynamic)", {})]:
+strategies = [("dynamic=False", dict(dynamic=False), False), ("default (automatic dynamic)", {}, False),
+              ("mark_dynamic(idx, 1)", {}, True)]
+for name, kw, mark in strategies:
     torch._dynamo.reset()
     counter = CountingBackend("eager")
     f = torch.compile(lm, backend=counter, **kw)
     compiled = []
     with dynamo_logs("recompiles") as log, torch.no_grad():
         for idx in calls:
+            if mark:
+                torch._dynamo.mark_dynamic(idx, 1)   # the length is symbolic from the first call
             before = counter.compiles
             f(idx)
             compiled.append(counter.compiles - before)
     per_call[name] = compiled
-    if kw == {}:
+    if name.startswith("default"):
         reasons = [m for m in log if "triggered by" in m]
 torch._dynamo.reset()
 
@@ -354,9 +360,10 @@ In notebook 08 you wrote RMSNorm as one Triton kernel because eager PyTorch runs
 kernels, each reading its input from memory and writing its output back. For rows of $n$ elements
 of $b$ bytes, a fused kernel moves $2nb$ bytes per row (read $x$, write $y$) plus the weight once.
 Inductor finds the same fusion by itself: the reduction (`mean` of $x^2$) and the pointwise chain
-around it (`rsqrt`, two multiplies, the casts) become **one kernel** — on a GPU a Triton
-"persistent reduction" (`triton_per_fused_…`: a whole row in one program, like yours), on a CPU a
-C++ loop nest (`cpp_fused_…`) with an inner vectorised loop.
+around it (`rsqrt`, two multiplies, the casts) become **one kernel** — on a GPU a Triton reduction
+kernel (`triton_per_fused_…`, a "persistent" reduction, when a whole row fits one program as in
+yours; `triton_red_fused_…` when the program loops over a long row), on a CPU a C++ loop nest
+(`cpp_fused_…`) parallel over rows, with a vectorised inner loop.
 
 `TORCH_LOGS=output_code` prints the generated module; `torch._inductor.utils.run_and_get_code`
 returns it as a string, which `effilab.compiling.kernels_in` splits into kernels. The kernel's
