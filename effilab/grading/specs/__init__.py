@@ -7,3 +7,4 @@ from . import nb05  # noqa: F401
 from . import nb07  # noqa: F401
 from . import nb07_layers  # noqa: F401
 from . import nb08  # noqa: F401
+from . import nb09  # noqa: F401
