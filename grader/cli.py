@@ -80,8 +80,8 @@ def scores(course: Course, assignment: str | None = None) -> dict[tuple[str, str
             for sub in asg.submissions:
                 cells = {}
                 for nb in sub.notebooks:
-                    for g in nb.grades:
-                        cells[g.name] = (g.score, g.max_score)
+                    for g in nb.grades:  # (nbgrader's own Grade.score reads 0 where nothing was scored)
+                        cells[g.name] = (g.manual_score if g.manual_score is not None else g.auto_score, g.max_score)
                 done = course.path("autograded", sub.student.id, a, GRADED_MARKER).exists()
                 state = "graded" if done and all(v[0] is not None for v in cells.values()) else "pending"
                 total = sum(v[0] for v in cells.values() if v[0] is not None) if state == "graded" else None
