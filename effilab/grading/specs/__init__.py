@@ -4,3 +4,4 @@ from . import nb08  # noqa: F401
 from . import nb03  # noqa: F401
 from . import nb04  # noqa: F401
 from . import nb02  # noqa: F401
+from . import nb06  # noqa: F401
