@@ -94,57 +94,100 @@ GRADED_MARKER = ".effilab-graded"
 
 
 def autograde(course: Course, assignment=None, student=None, force=False, verify=True, workers=1,
-              log=print, slot: int = 0) -> int:
+              log=print, slot: int = 0, execute: bool = True) -> int:
     """nbgrader's autograde (the notebook's own check cells: the student's self-check), then the
     authoritative verification outside the notebook kernel (:mod:`grader.verify`), whose scores the
     gradebook keeps. The in-kernel scores are cleared first: until a part is verified the gradebook
     says "not graded". Each verified part is recorded at once, and a submission counts as graded
     only once ``.effilab-graded`` is written, so a run killed half-way is finished by the next one
     and no part is graded twice."""
-    from .normalize import prepare_submission
-    from .verify import load_verdicts, record, save_verdict, verify_notebook
+    from .sanitize import clean_text
 
     targets = _targets(course, assignment, student)
     if not targets:
         log("autograde: nothing submitted (run `python -m grader collect PATH…` first)")
         return 0
+    _require_sandbox()
     if workers > 1:
-        return _autograde_parallel(course, targets, workers, force, verify, log)
-    api = course.api()
+        return _autograde_parallel(course, targets, workers, force, verify, log, execute)
+    api = course.api(execute=execute, slot=slot)
     failures = 0
     for a in sorted({a for a, _ in targets}):
         ensure_released(course, a, log)
-    for a, s in targets:
-        marker = course.path("autograded", s, a, GRADED_MARKER)
-        if marker.exists() and not force:
-            log(f"autograde: {s} / {a}: already graded (use regrade to grade again)")
-            continue
-        if force:
-            _forget_verdicts(course, a, s)
-        done = load_verdicts(course, a, s)
-        log(f"autograde: {s} / {a} …" + (f" ({len(done)} part(s) verified by an earlier run)" if done else ""))
-        if not done or not course.path("autograded", s, a).exists():
-            prepare_submission(course, a, s, log)
-            result = api.autograde(a, s, force=True, create=True)
-            if not result["success"]:
-                failures += 1
-                why = (result.get("error") or "").strip().splitlines()[-1:] or ["see the log"]
-                log(f"autograde: {s} / {a}: FAILED — {why[0]}")
-                _write_report(course, f"autograde-{a}-{s}.log", result.get("log", "") + "\n" + (result.get("error") or ""))
-                continue
-            if verify:
-                _clear_auto_scores(course, a, s)
-        if verify:
-            def keep(r, a=a, s=s):
-                save_verdict(course, a, s, r)
-                _set_auto_score(course, a, s, r.grade_id, r.points)
+    from .envcheck import changed, snapshot
 
-            results = verify_notebook(course, a, course.path("submitted", s, a, f"{a}.ipynb"), log=log, done=done,
-                                      on_result=keep, slot=slot)
-            record(course, a, s, results)
-        marker.write_text("graded\n")
+    env = snapshot()
+    for a, s in targets:
+        try:
+            ok = _grade_one(course, api, a, s, force=force, verify=verify, slot=slot, log=log)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # one submission's failure is that submission's: the batch goes on
+            import traceback
+
+            ok = False
+            log(f"autograde: {s} / {a}: FAILED — the grader stopped on this submission ({type(exc).__name__}: "
+                f"{clean_text(str(exc), 300)}); it is not marked graded, the next run tries it again")
+            _write_report(course, f"autograde-{a}-{s}.log", traceback.format_exc())
+        failures += not ok
+        moved = changed(env, snapshot())
+        if moved:
+            raise SystemExit(f"autograde: grading {s} / {a} changed the grading environment ({'; '.join(moved[:5])}): "
+                             "stopped before the next submission — restore the environment (e.g. rebuild .venv) and "
+                             "run autograde again")
     print_scores(course, assignment, log)
     return failures
+
+
+def _grade_one(course: Course, api, a: str, s: str, *, force: bool, verify: bool, slot: int, log) -> bool:
+    """nbgrader's run, then the authoritative verification, of one submission; False if nbgrader failed."""
+    from .normalize import prepare_submission
+    from .sanitize import cap_notebook_file, clean_results, clean_text
+    from .verify import load_verdicts, record, save_verdict, verify_notebook
+
+    marker = course.path("autograded", s, a, GRADED_MARKER)
+    if marker.exists() and not force:
+        log(f"autograde: {s} / {a}: already graded (use regrade to grade again)")
+        return True
+    if force:
+        _forget_verdicts(course, a, s)
+    done = load_verdicts(course, a, s)
+    log(f"autograde: {s} / {a} …" + (f" ({len(done)} part(s) verified by an earlier run)" if done else ""))
+    if not done or not course.path("autograded", s, a).exists():
+        prepare_submission(course, a, s, log)
+        result = api.autograde(a, s, force=True, create=True)
+        if not result["success"]:
+            why = (result.get("error") or "").strip().splitlines()[-1:] or ["see the log"]
+            log(f"autograde: {s} / {a}: FAILED — {clean_text(why[0], 500)}")
+            _write_report(course, f"autograde-{a}-{s}.log", result.get("log", "") + "\n" + (result.get("error") or ""))
+            return False
+        cap_notebook_file(course.path("autograded", s, a, f"{a}.ipynb"))  # outputs capped before feedback
+        if verify:
+            _clear_auto_scores(course, a, s)
+    if verify:
+        def keep(r):
+            save_verdict(course, a, s, r)
+            _set_auto_score(course, a, s, r.grade_id, r.points)
+
+        results = verify_notebook(course, a, course.path("submitted", s, a, f"{a}.ipynb"), log=log, done=done,
+                                  on_result=keep, slot=slot)
+        record(course, a, s, clean_results(results))
+    marker.write_text("graded\n")
+    return True
+
+
+def _require_sandbox() -> None:
+    """Student code runs only inside the jail (grader/jail.py); refuse to grade without one."""
+    import os
+
+    from . import jail
+
+    if os.environ.get("EFFILAB_UNSANDBOXED") == "1":
+        return
+    ok, why = jail.available()
+    if not ok:
+        raise SystemExit(f"autograde: the sandbox for student code is not available here: {why}\n"
+                         "(for development only, EFFILAB_UNSANDBOXED=1 grades without it — never grade a class so)")
 
 
 def _forget_verdicts(course: Course, assignment: str, student: str) -> None:
@@ -191,7 +234,8 @@ def worker_count(workers: int, n_gpus: int) -> tuple[int, str | None]:
     return workers, None
 
 
-def _autograde_parallel(course: Course, targets, workers: int, force: bool, verify: bool, log) -> int:
+def _autograde_parallel(course: Course, targets, workers: int, force: bool, verify: bool, log,
+                        execute: bool = True) -> int:
     """One grading process per submission, at most ``workers`` at a time, each pinned to its own GPU
     (``CUDA_VISIBLE_DEVICES``) when there are GPUs, so speed checks never share one."""
     import os
@@ -222,7 +266,8 @@ def _autograde_parallel(course: Course, targets, workers: int, force: bool, veri
         if n_gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(slot)
         cmd = [sys.executable, "-m", "grader", "--course", str(course.root), "--db", course.db_url, "autograde",
-               "-a", a, "-s", s, "--slot", str(slot)] + (["--force"] if force else []) + ([] if verify else ["--no-verify"])
+               "-a", a, "-s", s, "--slot", str(slot)] + (["--force"] if force else []) + ([] if verify else ["--no-verify"]) \
+            + ([] if execute else ["--no-execute"])
         try:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         finally:
@@ -258,7 +303,7 @@ def print_scores(course: Course, assignment=None, log=print) -> None:
 def _write_report(course: Course, name: str, text: str) -> None:
     d = course.path("reports")
     d.mkdir(parents=True, exist_ok=True)
-    (d / name).write_text(text)
+    (d / name).write_text(text, errors="replace")  # a student's output may hold lone surrogates
 
 
 def feedback(course: Course, assignment=None, student=None, log=print) -> list[Path]:
@@ -320,6 +365,18 @@ def regrade(course: Course, assignment=None, student=None, log=print) -> dict:
 # ---------------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------------
+def _quiet_libraries() -> None:
+    """Keep the instructor's log to what the grader says: nbgrader's SQLAlchemy warnings about
+    objects not in the session are harmless and repeat for every cell."""
+    import warnings
+
+    try:
+        from sqlalchemy.exc import SAWarning
+
+        warnings.filterwarnings("ignore", category=SAWarning)
+    except ImportError:
+        pass
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="jupyter_client")
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m grader", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -341,6 +398,8 @@ def main(argv=None) -> int:
                            help="grade N submissions at once, each on its own GPU when there are GPUs")
             q.add_argument("--no-verify", action="store_true",
                            help="keep the in-notebook scores (skips the authoritative out-of-kernel run)")
+            q.add_argument("--no-execute", action="store_true",
+                           help="skip nbgrader's run of the notebook (the grade comes from the sandboxed parts anyway)")
             q.add_argument("--slot", type=int, default=0, help=argparse.SUPPRESS)  # set by --workers: the sandbox uid
     e = sub.add_parser("export")
     e.add_argument("--csv", required=True)
@@ -352,6 +411,7 @@ def main(argv=None) -> int:
     pb.add_argument("--force", action="store_true", help="replace OUT if it exists")
     sub.add_parser("examples", help="rebuild grader/examples/ from the release and solutions")
     args = p.parse_args(argv)
+    _quiet_libraries()
     course = _course(args)
 
     if args.cmd == "release":
@@ -363,7 +423,7 @@ def main(argv=None) -> int:
         return 0 if any(o.ok for o in outcomes) or not outcomes else 1
     elif args.cmd == "autograde":
         return 1 if autograde(course, args.assignment, args.student, force=args.force, verify=not args.no_verify,
-                                 workers=args.workers, slot=args.slot) else 0
+                                 workers=args.workers, slot=args.slot, execute=not args.no_execute) else 0
     elif args.cmd == "feedback":
         feedback(course, args.assignment, args.student)
     elif args.cmd == "export":

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK_TIME_LIMIT = 3600.0  # seconds for nbgrader's run of one submitted notebook, in the jail
 
 
 @dataclass
@@ -94,13 +95,25 @@ class Course:
         c.CourseDirectory.db_url = self.db_url
         return c
 
-    def api(self):
-        """An ``NbGraderAPI`` bound to this course."""
+    def api(self, *, execute: bool = True, slot: int = 0):
+        """An ``NbGraderAPI`` bound to this course. Its autograde runs each submitted notebook in the
+        jail (grader/kernel.py), as every execution of student code; ``execute=False`` skips that run
+        (the feedback then shows the notebook's own outputs beside the grader's verdicts)."""
         from nbgrader.apps import NbGraderAPI
         from nbgrader.coursedir import CourseDirectory
 
         self.prepare()
         cfg = self.config()
+        if not execute:
+            from nbgrader.converters import Autograde
+            from nbgrader.preprocessors import Execute
+
+            default = Autograde.class_traits()["autograde_preprocessors"].default()
+            cfg.Autograde.autograde_preprocessors = [p for p in default if p is not Execute]
+        elif os.environ.get("EFFILAB_UNSANDBOXED") != "1":
+            from .kernel import configure
+
+            configure(cfg, self, time_limit=NOTEBOOK_TIME_LIMIT, slot=slot)
         coursedir = CourseDirectory(config=cfg)
         return NbGraderAPI(coursedir=coursedir, config=cfg)
 

@@ -21,6 +21,8 @@ import nbformat
 
 from effilab.grading.instructor import instructor_modules
 
+from .shell import shell_free
+
 # Never in graded code: the instructor-only modules (derived from their marker), the grader and the
 # checker itself.
 ALWAYS_FORBIDDEN = instructor_modules() + ("grader", "effilab.grading")
@@ -57,7 +59,19 @@ def _used_names(tree: ast.AST) -> set[str]:
 
 
 def _strip_magics(src: str) -> str:
-    return "\n".join("" if ln.lstrip().startswith(("%", "!")) else ln for ln in src.splitlines())
+    """The cell as the grader runs it: shell and magic lines replaced by comments (grader/shell.py,
+    the same function that prepares the notebook nbgrader executes)."""
+    return shell_free(src)
+
+
+def parse(source: str) -> ast.Module | None:
+    """The syntax tree of ``source``, or None when it cannot be had: a syntax error, a null byte,
+    or nesting so deep that the parser or the tree's construction runs out of stack (a student's
+    cell must cost that cell, not the grading run)."""
+    try:
+        return ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
 
 
 def solution_cells(nb) -> list[Cell]:
@@ -73,10 +87,10 @@ def solution_cells(nb) -> list[Cell]:
             continue
         meta = meta or {}
         src = _strip_magics(c.get("source", ""))
+        tree = parse(src)
         try:
-            tree = ast.parse(src)
-            defines, uses = _top_level_names(tree), _used_names(tree)
-        except SyntaxError:
+            defines, uses = (_top_level_names(tree), _used_names(tree)) if tree else (set(), set())
+        except RecursionError:
             defines, uses = set(), set()
         cells.append(Cell(i, str(meta.get("grade_id", f"cell-{i}")), src, defines, uses))
     return cells
@@ -91,10 +105,8 @@ def setup_source(source_nb) -> str:
 
 def names_defined(source: str) -> set[str]:
     """Top-level names a piece of code defines (empty if it does not parse)."""
-    try:
-        return _top_level_names(ast.parse(_strip_magics(source)))
-    except SyntaxError:
-        return set()
+    tree = parse(_strip_magics(source))
+    return _top_level_names(tree) if tree else set()
 
 
 def cells_for(name: str, cells: list[Cell], provided: set[str] = frozenset()) -> list[Cell]:
@@ -130,16 +142,18 @@ def _dotted(node: ast.AST) -> str | None:
 
 def _code_only(source: str) -> str:
     """``source`` without comments and docstrings (via the AST)."""
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
+    tree = parse(source)
+    if tree is None:
         return source
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
                 and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
             body[0] = ast.Pass()
-    return ast.unparse(tree)
+    try:
+        return ast.unparse(tree)
+    except RecursionError:  # too deep to print back: the patterns are matched on the source itself
+        return source
 
 
 def static_problems(source: str, forbidden: tuple[str, ...] = (), forbidden_source: tuple = ()) -> list[str]:
@@ -158,6 +172,9 @@ def static_problems(source: str, forbidden: tuple[str, ...] = (), forbidden_sour
         tree = ast.parse(source)
     except SyntaxError as e:
         return [f"your code has a syntax error (line {e.lineno}): {e.msg}"]
+    except (ValueError, RecursionError, MemoryError):
+        return ["your code is nested too deeply for Python to parse (or holds a null byte): simplify the "
+                "expression (split it over several statements)"]
     aliases: dict[str, str] = {}
     problems = []
 

@@ -16,10 +16,21 @@ the student will see in the feedback:
   comes before it. A solution cell comes back empty (not as the stub, which would define the
   function again), so code the student wrote elsewhere still defines the exercise.
 
+It also makes the notebook safe to execute on the grading machine:
+
+* every shell or magic line in the student's code cells (``!pip``, ``%%bash``, ``get_ipython()``
+  calls…) is replaced by a comment that says the grader removed it (:mod:`grader.shell`, the same
+  function :mod:`grader.extract` uses); the instructor's read-only cells are not touched;
+* the kernel it runs in is the release's (``metadata.kernelspec``: nbgrader starts the kernel a
+  notebook names, and a student could name another one installed on the machine), and metadata of the wrong type (``metadata.effilab`` or ``metadata.nbgrader``
+  that is not a mapping, in the notebook or a cell) is replaced or dropped;
+* a ``grader_notes`` key in ``metadata.effilab`` and an ``effilab_verdict`` mark on a cell are
+  dropped: the student may not speak as the grader.
+
 ``python -m grader autograde`` calls :func:`prepare_submission`. It keeps the notebook as it was
-received under ``course/originals/`` when anything changes, and records the notes in the notebook's
-metadata (``effilab.grader_notes``). The notes appear at the top of the autograded notebook and
-its feedback.
+received under ``course/originals/`` when anything changes, and records the notes in the grader's
+own file (:mod:`grader.notes`), never in the notebook. The notes appear at the top of the
+autograded notebook and its feedback (:func:`grader_notes` reads them).
 """
 from __future__ import annotations
 
@@ -31,8 +42,12 @@ from pathlib import Path
 import nbformat
 
 from .course import Course
+from .notes import add_notes, read_notes
+from .sanitize import clean_text
+from .shell import strip_shell
 
-NOTES_KEY = "grader_notes"
+NOTES_KEY = "grader_notes"  # where notes used to be kept (notebook metadata): now dropped on sight
+VERDICT_KEY = "effilab_verdict"  # marks the grader's report cells (grader/verify.py)
 
 
 def _grade_id(cell) -> str | None:
@@ -47,13 +62,83 @@ def _locked(meta: dict) -> bool:
     return bool(meta.get("locked")) or (bool(meta.get("grade")) and not meta.get("solution"))
 
 
-def normalize(release, submission) -> tuple[nbformat.NotebookNode, list[str]]:
-    """The submission with the release's grade-cell structure, and one note per repair.
+def normalize(release, submission, changes: list | None = None) -> tuple[nbformat.NotebookNode, list[str]]:
+    """The submission with the release's grade-cell structure and no shell lines, and one note per
+    repair (for the student).
 
     ``release`` is the student edition of the assignment; ``submission`` the notebook handed in
-    (neither is modified).
+    (neither is modified). Changes the student need not read about (metadata put back, forged
+    grader notes dropped) are appended to ``changes`` when it is given, for the instructor's log.
     """
+    changes = [] if changes is None else changes
     nb = copy.deepcopy(submission)
+    _clean_metadata(nb, release, changes)
+    nb, notes = _repair_structure(nb, release)
+    notes += _remove_shell_lines(nb)
+    return nb, notes
+
+
+def _clean_metadata(nb, release, changes: list) -> None:
+    """Notebook and cell metadata the grader relies on, of the right type and not forged (in place)."""
+    meta = nb.metadata
+    effilab = meta.get("effilab")
+    if effilab is not None and not isinstance(effilab, dict):
+        meta["effilab"] = copy.deepcopy(release.metadata.get("effilab", {}))
+        changes.append("metadata.effilab was not a mapping: replaced by the assignment's")
+    elif isinstance(effilab, dict) and NOTES_KEY in effilab:
+        effilab.pop(NOTES_KEY)
+        changes.append(f"metadata.effilab.{NOTES_KEY} came with the submission (not written by the grader): dropped")
+    if "nbgrader" in meta and not isinstance(meta["nbgrader"], dict):
+        meta.pop("nbgrader")
+        changes.append("metadata.nbgrader of the notebook was not a mapping: dropped")
+    want = release.metadata.get("kernelspec")
+    have = meta.get("kernelspec")
+    if isinstance(want, dict) and (not isinstance(have, dict) or have.get("name") != want.get("name")):
+        # nbgrader runs the kernel the notebook names: always the course's Python kernel
+        meta["kernelspec"] = copy.deepcopy(want)
+        changes.append(f"metadata.kernelspec named {have.get('name') if isinstance(have, dict) else have!r}: "
+                       f"restored to the assignment's kernel ({want.get('name')!r})")
+    for i, c in enumerate(nb.cells):
+        cm = c.get("metadata", {})
+        if VERDICT_KEY in cm:
+            cm.pop(VERDICT_KEY)
+            changes.append(f"cell {i + 1} carried the grader's verdict mark: dropped")
+        if "effilab" in cm and not isinstance(cm["effilab"], dict):
+            cm.pop("effilab")
+            changes.append(f"cell {i + 1}: metadata.effilab was not a mapping: dropped")
+
+
+def _cell_label(cell, index: int) -> str:
+    gid = _grade_id(cell)
+    return f"cell {gid!r}" if gid else f"your cell {index + 1}"
+
+
+def _remove_shell_lines(nb) -> list[str]:
+    """Replace the shell and magic lines of every code cell the student may edit (in place)."""
+    notes = []
+    for i, c in enumerate(nb.cells):
+        cell_meta = c.get("metadata")
+        meta = cell_meta.get("nbgrader") if isinstance(cell_meta, dict) else None
+        if c.get("cell_type") != "code" or (isinstance(meta, dict) and _locked(meta)):
+            continue
+        result = strip_shell(c.get("source", ""))
+        if not result.removed:
+            continue
+        c.source = result.source
+        first = clean_text(result.removed[0].strip(), 80)
+        if result.whole_cell:
+            what = f"{_cell_label(c, i)} was turned into comments, all of it: {result.why}"
+        else:
+            n = len(result.removed)
+            what = (f"{_cell_label(c, i)}: {n} shell/magic line{'s' if n > 1 else ''} (`{first}`"
+                    f"{' …' if n > 1 else ''}) replaced by comments")
+        notes.append(what + ": shell commands, magics and get_ipython() calls do not run when your notebook is "
+                     "graded (in Jupyter and Colab they still work)")
+    return notes
+
+
+def _repair_structure(nb, release) -> tuple[nbformat.NotebookNode, list[str]]:
+    """The grade-cell repairs described in the module doc, on ``nb`` (a copy, changed in place)."""
     rel = {}
     order = []
     for c in release.cells:
@@ -149,26 +234,41 @@ def prepare_submission(course: Course, assignment: str, student: str, log=print)
         release = nbformat.read(str(release_path), as_version=4)
     except Exception:
         return []
-    fixed, notes = normalize(release, sub)
-    if not notes:
-        return []
-    stamp_file = path.parent / "timestamp.txt"
-    stamp = stamp_file.read_text().strip() if stamp_file.exists() else "undated"
-    keep = course.path("originals", student, assignment, (re.sub(r"[^0-9A-Za-z]", "", stamp) or "undated") + ".ipynb")
-    if not keep.exists():
-        keep.parent.mkdir(parents=True, exist_ok=True)
-        keep.write_bytes(path.read_bytes())
-    earlier = list(sub.metadata.get("effilab", {}).get(NOTES_KEY, []))
-    fixed.metadata.setdefault("effilab", {})[NOTES_KEY] = earlier + [n for n in notes if n not in earlier]
-    nbformat.write(fixed, str(path))
-    for n in notes:
-        log(f"autograde: {student} / {assignment}: {n}")
+    changes: list[str] = []
+    try:
+        fixed, notes = normalize(release, sub, changes)
+    except Exception as e:  # a grader bug must not leave shell lines in what nbgrader runs
+        fixed = copy.deepcopy(sub)
+        notes = _remove_shell_lines(fixed)
+        changes.append(f"the grade-cell repair failed ({type(e).__name__}: {clean_text(str(e), 200)}): "
+                       "only the shell lines were removed")
+    if nbformat.writes(fixed) != nbformat.writes(sub):
+        stamp = read_stamp(path.parent)
+        keep = course.path("originals", student, assignment, (re.sub(r"[^0-9A-Za-z]", "", stamp) or "undated") + ".ipynb")
+        if not keep.exists():
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            keep.write_bytes(path.read_bytes())
+        nbformat.write(fixed, str(path))
+    if notes:
+        add_notes(course, student, assignment, notes)
+    for n in notes + changes:
+        log(f"autograde: {student} / {assignment}: {clean_text(n, 500)}")
     return notes
 
 
-def grader_notes(nb) -> list[str]:
-    """The repair notes recorded in a (normalized) notebook."""
-    return list(nb.metadata.get("effilab", {}).get(NOTES_KEY, []))
+def read_stamp(folder: Path) -> str:
+    stamp_file = folder / "timestamp.txt"
+    return stamp_file.read_text().strip() if stamp_file.exists() else "undated"
+
+
+def grader_notes(course: Course, student: str | None = None, assignment: str | None = None) -> list[str]:
+    """The grader's notes about a student's current submission (from :mod:`grader.notes`).
+
+    Never from the notebook: its metadata is the student's to write."""
+    if not isinstance(course, Course) or not student or not assignment:
+        raise TypeError("grader_notes(course, student, assignment): the notes are read from the grader's own "
+                        "file (grader/notes.py), no longer from a notebook's metadata")
+    return read_notes(course, student, assignment)
 
 
 def originals_dir(course: Course, student: str, assignment: str) -> Path:

@@ -12,6 +12,7 @@ student code runs.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import sysconfig
@@ -131,16 +132,25 @@ class Integrity:
                 if hasattr(type(ex), n):
                     self.items.append((type(ex), n, getattr(type(ex), n)))
 
+    @staticmethod
+    def _now(owner, n: str, obj):
+        """What ``owner.n`` is now, compared as it was stored: a classmethod or staticmethod set on a
+        class (the sandbox's traps do that) is read raw, since each attribute access builds a new
+        bound method."""
+        if isinstance(obj, (classmethod, staticmethod)):
+            return inspect.getattr_static(owner, n, None)
+        return getattr(owner, n, None)
+
     def changed(self) -> list[str]:
         out = []
         for owner, n, obj in self.items:
-            if getattr(owner, n, None) is not obj:
+            if self._now(owner, n, obj) is not obj:
                 out.append(f"{getattr(owner, '__name__', type(owner).__name__)}.{n}")
         return out
 
     def restore(self) -> None:
         for owner, n, obj in self.items:
-            if getattr(owner, n, None) is not obj:
+            if self._now(owner, n, obj) is not obj:
                 try:
                     setattr(owner, n, obj)
                 except (AttributeError, TypeError):

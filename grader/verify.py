@@ -39,6 +39,8 @@ from pathlib import Path
 
 import nbformat
 
+from effilab.grading.calls import to_device
+
 from .course import Course
 from .extract import cells_for, names_defined, setup_source, solution_cells, static_problems
 from .normalize import grader_notes
@@ -179,11 +181,13 @@ def _decided_here(p: Plan) -> bool:
 def _cpu_verdict(p: Plan) -> PartResult:
     from effilab.grading import measure
 
+    from .sanitize import clean_text
+
     if p.part == "speed":
         v = measure.decide_speed(p.ex, p.ex.speed_part(p.key), {}, {}, "grader")
     else:
         v = measure.decide_memory(p.ex, p.ex.memory_part(p.key), {}, {}, "grader")
-    return PartResult(p.grade_id, p.ex.name, p.part, 0.0, p.points, v.report()[:MAX_REPORT], v.details)
+    return PartResult(p.grade_id, p.ex.name, p.part, 0.0, p.points, clean_text(v.report(), MAX_REPORT), v.details)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,12 +212,20 @@ def _job(plans: list[Plan], order: list[int], scratch: str, timeout: float, comp
         else:
             entry["subkey"] = p.key._secret.decode()
         parts[p.index] = entry
-    return {"parts": parts, "order": order, "scratch": scratch}
+    return {"parts": parts, "order": order, "scratch": scratch, "parallel": _parallel()}
+
+
+def _parallel() -> int:
+    """How many untimed parts (correctness, memory) of a submission run side by side: on a GPU host up
+    to 4 (one per 4 cores); on a CPU machine one, so that CPU-bound checks do not crowd each other."""
+    import torch
+
+    return max(1, min(4, (os.cpu_count() or 1) // 4)) if torch.cuda.is_available() else 1
 
 
 def _case_cpu(case):
     """A case with its tensors on the CPU (the sandbox moves them to its own device)."""
-    case.args, case.kwargs = _to_device(case.args, "cpu"), _to_device(case.kwargs, "cpu")
+    case.args, case.kwargs = to_device(case.args, "cpu"), to_device(case.kwargs, "cpu")
     return case
 
 
@@ -295,11 +307,14 @@ def _kill(proc) -> None:
 
 
 def run_jail(course: Course, plans: list[Plan], order: list[int], timeout: float, compile_budget: float,
-             slot: int = 0, on_end=lambda i: None) -> dict[int, PartRun]:
-    """Run the parts ``order`` (indices into ``plans``) in one jail; what came back for each."""
+             slot: int = 0, on_end=lambda i: None, holder: list | None = None) -> dict[int, PartRun]:
+    """Run the parts ``order`` (indices into ``plans``) in one jail; what came back for each.
+    ``on_end(index)`` is called as each part ends (``holder[0]`` is the runs dict meanwhile)."""
     import torch
 
     runs = {i: PartRun() for i in order}
+    if holder is not None:
+        holder[0] = runs
     deadline = time.monotonic() + len(order) * (timeout + compile_budget) + 60
     with tempfile.TemporaryDirectory(prefix="effilab-grade-") as tmp:
         workdir = Path(tmp)
@@ -370,27 +385,34 @@ def _decode(payload: bytes):
         return Problem(f"your output could not be read by the grader ({type(exc).__name__})")
 
 
-def _to_device(obj, dev):
+def _device_of(case, default):
+    """Where a case's tensors live in the grader's process: the judge compares the output there."""
     import torch
 
-    if isinstance(obj, torch.Tensor):
-        return obj.to(dev)
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(o, dev) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _to_device(v, dev) for k, v in obj.items()}
-    return obj
+    stack = [case.args, case.kwargs]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, torch.Tensor):
+            return x.device
+        if isinstance(x, (list, tuple)):
+            stack.extend(x)
+        elif isinstance(x, dict):
+            stack.extend(x.values())
+    return torch.device("cpu")
 
 
 def _notes(run: PartRun) -> tuple[list[str], str]:
+    """The notes and the error a part's sandbox sent, sanitised (grader/sanitize.py)."""
+    from .sanitize import clean_notes, clean_text
+
     notes, error = [], ""
     for kind, payload in run.frames:
         if kind != NOTE:
             continue
         n = _decode(payload)
         if isinstance(n, dict):
-            error = error or str(n.get("error") or "")
-            notes += [str(x)[:500] for x in (n.get("notes") or [])[:10] if isinstance(x, str)]
+            error = error or clean_text(str(n.get("error") or ""), 2000)
+            notes += clean_notes(n.get("notes"))[:10]
     return notes, error
 
 
@@ -398,7 +420,9 @@ def judge(p: Plan, run: PartRun, timeout: float, compile_budget: float) -> PartR
     """The verdict of one part from what its run sent back."""
     from effilab.grading import measure
     from effilab.grading.calls import Problem
-    from effilab.grading.core import CaseResult, Verdict, default_device, judge_case, score
+    from effilab.grading.core import CaseResult, Verdict, default_device, expect_case, judge_case, score
+
+    from .sanitize import clean_text
 
     notes, error = _notes(run)
     stopped = _ended(run.end, timeout, compile_budget)
@@ -419,11 +443,18 @@ def judge(p: Plan, run: PartRun, timeout: float, compile_budget: float) -> PartR
             if (gi, ci) in results or not (0 <= gi < len(p.groups)) or not (0 <= ci < len(p.groups[gi].cases)):
                 continue  # the first output of a case counts; an index that is no case is ignored
             case = p.groups[gi].cases[ci]
-            out = _to_device(f.get("output"), dev)
+            where = _device_of(case, dev)  # output and expected meet where the case's tensors are
+            out = to_device(f.get("output"), where)
             try:
-                results[(gi, ci)] = judge_case(p.ex, out, case, None if isinstance(out, Problem) else p.ex.expect(case))
+                expected = None if isinstance(out, Problem) else to_device(expect_case(p.ex, case), where)
+                results[(gi, ci)] = judge_case(p.ex, out, case, expected)
             except Exception as exc:  # the judge's own failure on a malformed output
                 results[(gi, ci)] = CaseResult(False, f"{case.label}: could not compare your output ({exc})"[:500])
+        n_cases = sum(len(g.cases) for g in p.groups)
+        if not stopped and len(results) < n_cases:  # ended "normally" without every case: say what it printed
+            log = (run.end or {}).get("log", "").strip()
+            stopped = ("the grading process ended before every case ran" +
+                       (f"; its last output:\n{clean_text(log[-1500:], 1500)}" if log else ""))
         if stopped:
             notes.insert(0, stopped + (" — the cases that finished before this were graded" if results else ""))
         v = score(p.ex, p.groups, results, suite="grader", notes=notes, stopped="the grading process stopped early")
@@ -434,7 +465,7 @@ def judge(p: Plan, run: PartRun, timeout: float, compile_budget: float) -> PartR
             return PartResult(p.grade_id, p.ex.name, p.part, 0.0, p.points,
                               _header(p.ex.name, p.part, p.points, str(why or stopped or "no measurement came back")),
                               seconds=seconds)
-        res = _to_device(res, dev)
+        res = to_device(res, dev)
         base = anchor(p)
         if p.part == "speed":
             v = measure.decide_speed(p.ex, p.ex.speed_part(p.key), res, base, "grader")
@@ -443,11 +474,12 @@ def judge(p: Plan, run: PartRun, timeout: float, compile_budget: float) -> PartR
         v.notes = notes + v.notes
     if not isinstance(v, Verdict):
         raise TypeError(v)
-    return PartResult(p.grade_id, p.ex.name, p.part, min(v.points, p.points), p.points, v.report()[:MAX_REPORT],
+    return PartResult(p.grade_id, p.ex.name, p.part, min(v.points, p.points), p.points, clean_text(v.report(), MAX_REPORT),
                       {k: x for k, x in v.details.items() if isinstance(x, (int, float, str))}, seconds)
 
 
 _ANCHORS: dict = {}
+LAST_TIMING: dict = {}  # seconds of the last verify_notebook: plan, baselines, sandbox, judging
 
 
 def anchor(p: Plan) -> dict:
@@ -492,19 +524,39 @@ def verify_notebook(course: Course, assignment: str, nb_path: Path, timeout: flo
         source = nbformat.read(str(course.solutions / f"{assignment}.ipynb"), as_version=4)
         return [PartResult(gid, name, part, 0.0, pts, f"the notebook could not be read: {str(e)[:300]}")
                 for gid, (name, part, pts) in grade_map(source).items() if only is None or gid in only]
+    t_start = time.monotonic()
     plans, decided = plan(course, assignment, sub, only)
+    LAST_TIMING.clear()
+    LAST_TIMING["plan"] = time.monotonic() - t_start
+    who = f"{Path(nb_path).parent.parent.name} / {assignment}"
     out = {r.grade_id: r for r in decided if r.grade_id not in done}
     for r in out.values():
         on_result(r)
+        log(f"verify: {who} / {r.grade_id}: {r.points:g} / {r.max_points:g} (decided without running: "
+            f"{r.report.splitlines()[0].split(' — ')[-1][:80]})")
     plans = [p for p in plans if p.grade_id not in done]
     by = {p.index: p for p in plans}
     # correctness first, then memory, then speed; a part's cases and verdict do not depend on the order
     order = [p.index for p in sorted(plans, key=lambda p: (p.part != "correctness", p.part == "speed", p.index))]
+    t_anchor = time.monotonic()
     _prime_anchors(plans)
-    who = f"{Path(nb_path).parent.parent.name} / {assignment}"
+    LAST_TIMING["baselines"] = time.monotonic() - t_anchor
     total, t0, n = len(order), time.monotonic(), 0
+    ran = [0]
+
+    def ended(i):  # a line per part as it finishes in the sandbox (judging follows when the jail is done)
+        ran[0] += 1
+        left = (time.monotonic() - t0) / ran[0] * (total - ran[0])
+        end = runs_now[0][i].end or {}
+        log(f"verify: {who} / {by[i].grade_id}: ran in {float(end.get('seconds', 0)):.1f} s [{ran[0]}/{total}"
+            + (f", about {left:.0f} s left]" if total > ran[0] else "]"))
+
+    runs_now: list = [{}]
     while order:
-        runs = run_jail(course, plans, order, timeout, compile_budget, slot)
+        t_jail = time.monotonic()
+        runs = run_jail(course, plans, order, timeout, compile_budget, slot, on_end=ended, holder=runs_now)
+        LAST_TIMING["sandbox"] = LAST_TIMING.get("sandbox", 0.0) + time.monotonic() - t_jail
+        t_judge = time.monotonic()
         finished = [i for i in order if runs[i].end is not None]
         cut = [i for i in order if runs[i].end is None]
         if cut:  # the first part without an end was in flight when the jail stopped: it fails; the rest run again
@@ -514,10 +566,9 @@ def verify_notebook(course: Course, assignment: str, nb_path: Path, timeout: flo
             out[r.grade_id] = r
             on_result(r)
             n += 1
-            eta = (time.monotonic() - t0) / n * (total - n)
-            log(f"verify: {who} / {r.grade_id}: {r.points:g} / {r.max_points:g} ({r.seconds:.1f} s) "
-                f"[{n}/{total}" + (f", about {eta:.0f} s left]" if total > n else "]"))
+            log(f"verify: {who} / {r.grade_id}: {r.points:g} / {r.max_points:g} [{n}/{total} judged]")
         order = cut[1:]
+        LAST_TIMING["judging"] = LAST_TIMING.get("judging", 0.0) + time.monotonic() - t_judge
     merged = {**done, **out}
     return [merged[g] for g in _grade_ids(course, assignment) if g in merged and (only is None or g in only)]
 
@@ -573,17 +624,16 @@ def record(course: Course, assignment: str, student: str, results: list[PartResu
         gb.db.commit()
     nbp = course.path("autograded", student, assignment, f"{assignment}.ipynb")
     if nbp.exists():
-        _write_report_cells(nbp, {r.grade_id: r for r in results})
+        _write_report_cells(nbp, {r.grade_id: r for r in results}, grader_notes(course, student, assignment))
     return path
 
 
-def _write_report_cells(nbp: Path, by: dict) -> None:
+def _write_report_cells(nbp: Path, by: dict, notes: list[str]) -> None:
     nb = nbformat.read(str(nbp), as_version=4)
     cells = []
-    notes = grader_notes(nb)
-    if notes:  # what the grader repaired in the notebook's structure (grader/normalize.py)
-        m = nbformat.v4.new_markdown_cell("**Notes from the grader** — your notebook's grading structure was "
-                                          "repaired before grading:\n\n" + "\n".join(f"* {n}" for n in notes))
+    if notes:  # what the grader changed before grading (grader/normalize.py), from the grader's own file
+        m = nbformat.v4.new_markdown_cell("**Notes from the grader** — before grading, the grader changed this in "
+                                          "your notebook:\n\n" + "\n".join(f"* {n}" for n in notes))
         m.metadata["effilab_verdict"] = True
         cells.append(m)
     for c in nb.cells:

@@ -24,9 +24,13 @@ snapshot, runs the instructor's setup cell and the student's cells for the exerc
 * speed and memory: the measurement of :mod:`effilab.grading.measure`, whose outputs the grader
   judges too.
 
-Frames, child → zygote: ``kind (1 byte) | length (8) | payload``; zygote → grader: the same with the
-part's index (4 bytes) in front. The zygote enforces each part's time limits (a budget for start-up
-and the first call, where kernels compile, then one for the rest) and reports how each part ended.
+Correctness and memory parts run side by side (at most ``job["parallel"]`` at a time: nothing is
+timed while they run, and each process measures its own memory); each speed part runs alone.
+
+Frames, child → zygote: ``kind (1 byte) | length (8) | payload``; zygote → grader: the same, whole,
+with the part's index (4 bytes) in front. The zygote enforces each part's time limits (a budget for
+start-up and the first call, where kernels compile, then one for the rest) and reports how each
+part ended.
 """
 from __future__ import annotations
 
@@ -69,15 +73,18 @@ def _read_exact(fd: int, n: int) -> bytes | None:
 # ----------------------------------------------------------------------------------------------
 # The child: one part of one submission
 # ----------------------------------------------------------------------------------------------
-def _send(fd: int, kind: int, obj) -> None:
+def _send(fd: int, kind: int, obj, key: str | None = None) -> None:
+    """One frame; ``obj[key]`` (the student's output) that the format does not carry is replaced by a
+    Problem, so the case fails and the part goes on."""
     from effilab.grading import wire
     from effilab.grading.calls import Problem
 
     try:
         payload = wire.dumps(obj)
-    except Exception as exc:  # an output the format does not carry: the case fails, the part goes on
-        payload = wire.dumps(Problem(f"your output cannot be graded: {exc}"[:600],
-                                     "return tensors, numbers, or lists / tuples / dicts of them"))
+    except Exception as exc:
+        bad = Problem(f"your output cannot be graded: {exc}"[:600],
+                      "return tensors, numbers, or lists / tuples / dicts of them")
+        payload = wire.dumps(dict(obj, **{key: bad}) if key else bad)
     write_frame(fd, kind, payload)
 
 
@@ -101,7 +108,7 @@ def run_part(part: dict, fd: int, scratch: str) -> None:
     import torch
 
     from effilab.grading import core, measure
-    from effilab.grading.calls import quiet
+    from effilab.grading.calls import quiet, to_device
     from effilab.grading.keys import Key
 
     from . import sandbox
@@ -134,7 +141,7 @@ def run_part(part: dict, fd: int, scratch: str) -> None:
     dev = core.default_device()
     if part["part"] == "correctness":
         for gi, ci, case in part["cases"]:
-            case.args, case.kwargs = _to(case.args, dev), _to(case.kwargs, dev)
+            case.args, case.kwargs = to_device(case.args, dev), to_device(case.kwargs, dev)
             with quiet():
                 out = core.run_case(ex, fn, case)
             changed = integrity.changed()
@@ -142,7 +149,7 @@ def run_part(part: dict, fd: int, scratch: str) -> None:
                 integrity.restore()
                 _send(fd, NOTE, {"error": f"your code replaced {', '.join(changed[:5])} while running: tampering"})
                 return
-            _send(fd, CASE, {"group": gi, "case": ci, "output": out})
+            _send(fd, CASE, {"group": gi, "case": ci, "output": out}, key="output")
         return
     key = Key.hidden(part["subkey"], ex.name)
     with quiet():
@@ -163,18 +170,6 @@ def run_part(part: dict, fd: int, scratch: str) -> None:
         return
     _send(fd, RESULT, res)
     del torch
-
-
-def _to(obj, dev):
-    import torch
-
-    if isinstance(obj, torch.Tensor):
-        return obj.to(dev)
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to(o, dev) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _to(v, dev) for k, v in obj.items()}
-    return obj
 
 
 def _child(part: dict, w: int, scratch: str) -> None:
@@ -243,13 +238,123 @@ def _in_own_pid_namespace() -> bool:
     return os.environ.get("EFFILAB_JAILED") == "1" and os.getpid() < 1000
 
 
-def _kill_leftovers(pid: int) -> None:
-    """Every process the part left: its process group and, inside the jail, every process but the
-    zygote (a daemon that left the group too). Outside a jail only the group can be reached."""
+def _wipe(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class _Running:
+    """One part's child, watched by the zygote: its pipe, its clocks, how it ended."""
+
+    def __init__(self, index: int, part: dict, out: int, scratch_root: str):
+        self.index, self.part = index, part
+        self.scratch = os.path.join(scratch_root, f"part-{index}")
+        os.makedirs(self.scratch, exist_ok=True)
+        r, w = os.pipe()
+        self.t0 = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            os.close(out)
+            _child(part, w, self.scratch)
+        os.close(w)
+        self.pid, self.r = pid, r
+        self.relay = _Relay(index, out)
+        self.first_done: float | None = None
+        self.code: int | None = None
+        self.status = "ok"
+
+    def deadline(self) -> float:
+        """Start-up and the first case share the compile budget; the rest has the run budget."""
+        budget = float(self.part["compile_budget"])
+        start = min(self.first_done, self.t0 + budget) if self.first_done else self.t0 + budget
+        return start + float(self.part["timeout"])
+
+    def read(self) -> bool:
+        """Forward what the child wrote; False once the part is over (EOF or garbage)."""
+        chunk = os.read(self.r, 1 << 20)
+        if not chunk:
+            return False
+        self.status, first = self.relay.feed(chunk)
+        if first and self.first_done is None:
+            self.first_done = time.monotonic()
+        return self.status == "ok"
+
+    def poll_exit(self) -> None:
+        if self.code is None:
+            done, st = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                self.code = os.waitstatus_to_exitcode(st)
+
+    def finish(self, out: int) -> None:
+        """End the part: its processes killed, how it ended sent to the grader, its scratch wiped."""
+        from effilab.grading import wire
+
+        self.relay.finish()
+        os.close(self.r)
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self.code is None:
+            try:
+                _, st = os.waitpid(self.pid, 0)
+                self.code = os.waitstatus_to_exitcode(st)
+            except ChildProcessError:
+                pass
+        end = wire.dumps({"status": self.status, "exit": self.code, "seconds": time.monotonic() - self.t0,
+                          "log": _log_tail(os.path.join(self.scratch, ".log"))})
+        self.relay.frame(END, end)
+        _wipe(self.scratch)
+
+
+def _log_tail(path: str) -> str:
     try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            fh.seek(max(0, fh.tell() - LOG_TAIL))
+            return fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def run_parts(job: dict, out: int) -> None:
+    """Run every part of ``job["order"]``: correctness and memory parts side by side, at most
+    ``job["parallel"]`` at a time (nothing is timed then), each speed part alone; leftovers of the
+    student's processes are killed whenever no part runs."""
+    queue = list(job["order"])
+    alone = {i for i in queue if job["parts"][i]["part"] == "speed"}
+    width = max(1, int(job.get("parallel", 1)))
+    running: dict[int, _Running] = {}
+    while queue or running:
+        while queue and not (running and (queue[0] in alone or any(i in alone for i in running))) \
+                and len(running) < width:
+            i = queue.pop(0)
+            running[i] = _Running(i, job["parts"][i], out, job["scratch"])
+        now = time.monotonic()
+        for i, run in list(running.items()):
+            if now >= run.deadline():
+                run.status = "time"
+        active = {run.r: run for run in running.values() if run.status == "ok"}
+        ready, _, _ = select.select(list(active), [], [], 0.25) if active else ([], [], [])
+        for fd in ready:
+            if not active[fd].read() and active[fd].status == "ok":
+                active[fd].status = "eof"
+        for i, run in list(running.items()):
+            run.poll_exit()
+            gone = run.code is not None and not select.select([run.r], [], [], 0)[0]
+            if run.status != "ok" or gone:  # over; a process it left may still hold the pipe open
+                run.status = "ok" if run.status == "eof" else run.status
+                run.finish(out)
+                del running[i]
+        if not running:
+            _kill_everything_but_us()
+
+
+def _kill_everything_but_us() -> None:
+    """Inside the jail's own pid namespace: every process but the zygote (a daemon a part left behind,
+    even one that left its process group). Outside a jail there is nothing safe to do here."""
     if _in_own_pid_namespace():
         try:
             os.kill(-1, signal.SIGKILL)  # all we may signal except ourselves and the namespace's init
@@ -257,82 +362,14 @@ def _kill_leftovers(pid: int) -> None:
             pass
 
 
-def _wipe(path: str) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _relay_part(index: int, part: dict, out: int, scratch_root: str) -> None:
-    from effilab.grading import wire
-
-    scratch = os.path.join(scratch_root, f"part-{index}")
-    os.makedirs(scratch, exist_ok=True)
-    r, w = os.pipe()
-    t0 = time.monotonic()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        os.close(out)
-        _child(part, w, scratch)
-    os.close(w)
-    compile_budget, run_budget = float(part["compile_budget"]), float(part["timeout"])
-    first_done, code = None, None
-    status, relay = "ok", _Relay(index, out)
-    while True:
-        start_run = min(first_done, t0 + compile_budget) if first_done else t0 + compile_budget
-        left = start_run + run_budget - time.monotonic()
-        if left <= 0:
-            status = "time"
-            break
-        ready, _, _ = select.select([r], [], [], min(left, 0.25))
-        if not ready:
-            if code is None:
-                done, st = os.waitpid(pid, os.WNOHANG)
-                if done:  # the child is gone; what it wrote is drained below, then the part ends
-                    code = os.waitstatus_to_exitcode(st)
-            elif not select.select([r], [], [], 0)[0]:
-                break  # gone, and nothing more to read (a process it left may hold the pipe open)
-            continue
-        chunk = os.read(r, 1 << 20)
-        if not chunk:
-            break
-        status, first = relay.feed(chunk)
-        if first and first_done is None:
-            first_done = time.monotonic()
-        if status != "ok":
-            break
-    relay.finish()
-    os.close(r)
-    _kill_leftovers(pid)
-    if code is None:
-        try:
-            _, st = os.waitpid(pid, 0)
-            code = os.waitstatus_to_exitcode(st)
-        except ChildProcessError:
-            pass
-    tail = ""
-    try:
-        with open(os.path.join(scratch, ".log"), "rb") as fh:
-            fh.seek(0, 2)
-            fh.seek(max(0, fh.tell() - LOG_TAIL))
-            tail = fh.read().decode("utf-8", "replace")
-    except OSError:
-        pass
-    end = wire.dumps({"status": status, "exit": code, "seconds": time.monotonic() - t0, "log": tail})
-    os.write(out, RELAY.pack(index, END, len(end)))
-    _write_all(out, end)
-    _wipe(scratch)
-
-
 class _Relay:
-    """Forwards the child's frames to the grader as they stream in, prefixed with the part's index,
-    without buffering a large payload whole; refuses a frame of unknown kind or absurd size."""
+    """Forwards a child's frames to the grader, each whole and prefixed with the part's index (parts
+    run side by side share the grader's pipe); refuses a frame of unknown kind or absurd size."""
 
     def __init__(self, index: int, out: int):
         self.index, self.out = index, out
         self.head = bytearray()
-        self.left = 0  # payload bytes of the current frame still to forward
+        self.kind, self.left, self.body = 0, 0, bytearray()
 
     def feed(self, data: bytes) -> tuple[str, bool]:
         from effilab.grading import wire
@@ -342,31 +379,34 @@ class _Relay:
         while view:
             if self.left:
                 n = min(self.left, len(view))
-                _write_all(self.out, view[:n])
+                self.body += view[:n]
                 self.left -= n
                 view = view[n:]
+                if not self.left:
+                    first_case = first_case or self.kind == CASE
+                    self.frame(self.kind, bytes(self.body))
+                    self.body = bytearray()
                 continue
             need = HEAD.size - len(self.head)
             self.head += view[:need]
             view = view[need:]
             if len(self.head) < HEAD.size:
                 break
-            kind, n = HEAD.unpack(bytes(self.head))
+            self.kind, n = HEAD.unpack(bytes(self.head))
             self.head.clear()
-            if n > wire.MAX_BYTES or kind not in (CASE, RESULT, NOTE):
+            if n > wire.MAX_BYTES or self.kind not in (CASE, RESULT, NOTE):
                 return "garbage", first_case
-            _write_all(self.out, RELAY.pack(self.index, kind, n))
             self.left = n
-            first_case = first_case or kind == CASE
+            if n == 0:
+                self.frame(self.kind, b"")
         return "ok", first_case
 
+    def frame(self, kind: int, payload: bytes) -> None:
+        _write_all(self.out, RELAY.pack(self.index, kind, len(payload)) + payload)
+
     def finish(self) -> None:
-        """Complete a frame cut off mid-payload (a time limit, a crash) with zeros: the grader reads
-        it as an unreadable output, and the frames after it stay in step."""
-        while self.left:
-            n = min(self.left, 1 << 20)
-            _write_all(self.out, bytes(n))
-            self.left -= n
+        """A frame cut off mid-payload (a time limit, a crash) is dropped: the grader sees its case as not run."""
+        self.left, self.body = 0, bytearray()
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -384,9 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     job = torch.load(jobfile, weights_only=False)  # written by the grader; read before any student code
     _preload()
     _undumpable()
-    scratch_root = job["scratch"]
-    for index in job["order"]:
-        _relay_part(index, job["parts"][index], out, scratch_root)
+    run_parts(job, out)
     os.close(out)
     return 0
 

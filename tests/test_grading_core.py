@@ -102,7 +102,10 @@ def test_check_writes_nothing_to_stderr_even_when_student_code_warns(capfd):
     def noisy(x):
         warnings.warn("student warning")
         os.write(2, b"compiler chatter\n")
-        return x.to(torch.bfloat16)
+        bits = x.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+        r = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        r = torch.where(torch.isnan(x), 0x7FC0, r)
+        return torch.where(r >= 0x8000, r - 0x10000, r).to(torch.int16).view(torch.bfloat16)
 
     v = check("round_to_bf16", noisy)
     out, err = capfd.readouterr()

@@ -59,12 +59,6 @@ def test_scripts_exercise_what_they_claim():
         assert "_growth_tracker" in sd
 
 
-# ---------------------------------------------------------------------------------------------- the bugs.json mistakes
-@pytest.mark.parametrize("bug,exercise,lost", [
-    (0, "DynamicLossScaler", [G_BACKOFF]),
-    (1, "MixedPrecisionTrainer", [G_FP16, G_OVF]),
-    (2, "bf16_train_step", [G_AUTOCAST, G_STEP]),
-])
 # ---------------------------------------------------------------------------------------------- scaler mistakes
 def test_scaler_growing_in_the_overflow_update():
     ns = variant("DynamicLossScaler_solution",

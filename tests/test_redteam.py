@@ -67,7 +67,7 @@ CHEATS = [
      "            q = os.path.join(p, f)\n            if os.path.exists(q):\n                open(q).read()\n"
      "    return -1.0\n" + GOOD_MAX_SCALE),
     ("writes to the gradebook", "loss_scale_solution", "underflow_fraction_check",
-     "import os\ndef underflow_fraction(g):\n    open(os.environ['EFFILAB_TEST_GRADEBOOK'], 'w').write('pwned')\n"
+     "def underflow_fraction(g):\n    open({gradebook!r}, 'w').write('pwned')\n"
      "    return 0.0\n" + GOOD_MAX_SCALE),
     ("sys.exit in the function", "loss_scale_solution", "underflow_fraction_check",
      "import sys\ndef underflow_fraction(g):\n    sys.exit(0)\n" + GOOD_MAX_SCALE),
@@ -130,6 +130,80 @@ CHEATS = [
 ]
 
 
+# ---------------------------------------------------------------------------------------------- the sandbox
+# Each class of what was found (issue: grading integrity), tried through the real grader. {gradebook},
+# {secret} and {repo} are the course's own paths, written into the cheat as a student who guessed them.
+GOOD_ROUND = '''
+def round_to_bf16(x):
+    bits = x.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    rounded = torch.where(torch.isnan(x), 0x7FC0, rounded)
+    rounded = torch.where(rounded >= 0x8000, rounded - 0x10000, rounded)
+    return rounded.to(torch.int16).view(torch.bfloat16)
+'''
+SANDBOX_CHEATS = [
+    ("turns the audit hook off through sys.modules, then writes the gradebook", "loss_scale_solution",
+     "underflow_fraction_check",
+     "import sys\nsys.modules['grader.sandbox']._ACTIVE[0] = False\n"
+     "def underflow_fraction(g):\n    open({gradebook!r}, 'a').write('pwned')\n    return -1.0\n" + GOOD_MAX_SCALE),
+    ("reads the course secret in C (torch.from_file)", "loss_scale_solution", "underflow_fraction_check",
+     "def underflow_fraction(g):\n    t = torch.from_file({secret!r}, size=8, dtype=torch.uint8)\n"
+     "    return float(t.sum())\n" + GOOD_MAX_SCALE),
+    ("writes the gradebook in C (sqlite3)", "loss_scale_solution", "underflow_fraction_check",
+     "import sqlite3\ndef underflow_fraction(g):\n    sqlite3.connect({gradebook!r}).execute('CREATE TABLE pwned (x)')\n"
+     "    return -1.0\n" + GOOD_MAX_SCALE),
+    ("writes outside its scratch through a library writer (torch.save)", "loss_scale_solution",
+     "underflow_fraction_check",
+     "def underflow_fraction(g):\n    torch.save(g, {repo!r} + '/pwned.pt')\n    return -1.0\n" + GOOD_MAX_SCALE),
+    ("forks, and the child rewrites the gradebook later", "loss_scale_solution", "underflow_fraction_check",
+     "import os, time\ndef underflow_fraction(g):\n    if os.fork() == 0:\n        time.sleep(2)\n"
+     "        open({gradebook!r}, 'w').write('pwned')\n        os._exit(0)\n    return -1.0\n" + GOOD_MAX_SCALE),
+    ("starts a daemon through a library helper (subprocess, new session)", "loss_scale_solution",
+     "underflow_fraction_check",
+     "import subprocess, sys\ndef underflow_fraction(g):\n    subprocess.Popen([sys.executable, '-c', "
+     "'import time; time.sleep(2); open(' + repr({gradebook!r}) + ', \"w\").write(\"pwned\")'], "
+     "start_new_session=True)\n    return -1.0\n" + GOOD_MAX_SCALE),
+    ("installs a .pth into the Python environment", "loss_scale_solution", "underflow_fraction_check",
+     "import site\ndef underflow_fraction(g):\n    for d in site.getsitepackages():\n"
+     "        open(d + '/zz_effilab_pwned.pth', 'w').write('import os')\n    return -1.0\n" + GOOD_MAX_SCALE),
+    ("shell lines in the cell (%pip, !)", "loss_scale_solution", "underflow_fraction_check",
+     "%pip install nothing-here\n!touch {repo}/pwned-by-shell\ndef underflow_fraction(g):\n    return -1.0\n"
+     + GOOD_MAX_SCALE),
+    ("converts with a keyword form (to(dtype=...))", "round_to_bf16_solution", "round_to_bf16_check",
+     "def round_to_bf16(x):\n    return x.to(dtype=torch.bfloat16)\n"),
+    ("converts through getattr with a computed name", "round_to_bf16_solution", "round_to_bf16_check",
+     "def round_to_bf16(x):\n    return getattr(x, 't' + 'o')(torch.bfloat16)\n"),
+    ("copies into a bf16 tensor (copy_ converts)", "round_to_bf16_solution", "round_to_bf16_check",
+     "def round_to_bf16(x):\n    out = torch.empty(x.shape, dtype=torch.bfloat16)\n    out.copy_(x)\n    return out\n"),
+    ("a tensor subclass whose comparisons always agree", "round_to_bf16_solution", "round_to_bf16_check",
+     "class Agree(torch.Tensor):\n    @classmethod\n    def __torch_function__(cls, func, types, args=(), kwargs=None):\n"
+     "        if func in (torch.equal, torch.Tensor.__eq__, torch.isclose, torch.allclose):\n            return True\n"
+     "        return super().__torch_function__(func, types, args, kwargs or {})\n"
+     "def round_to_bf16(x):\n    return torch.zeros(x.shape, dtype=torch.bfloat16).as_subclass(Agree)\n"),
+    ("patches a spec helper through sys.modules", "loss_scale_solution", "underflow_fraction_check",
+     "import sys\nsys.modules['effilab.grading.specs.nb01'].expected_underflow_fraction = lambda g: 0.5\n"
+     "def underflow_fraction(g):\n    return 0.5\n" + GOOD_MAX_SCALE),
+    ("an exception whose text holds a lone surrogate", "loss_scale_solution", "underflow_fraction_check",
+     "def underflow_fraction(g):\n    raise ValueError('bad \\ud800 text')\n" + GOOD_MAX_SCALE),
+    ("ignores SIGINT and loops forever", "loss_scale_solution", "underflow_fraction_check",
+     "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ndef underflow_fraction(g):\n    while True:\n"
+     "        pass\n" + GOOD_MAX_SCALE),
+    ("recurses until the interpreter breaks", "loss_scale_solution", "underflow_fraction_check",
+     "import sys\nsys.setrecursionlimit(10**9)\ndef underflow_fraction(g, n=0):\n    return underflow_fraction(g, n + 1)\n"
+     + GOOD_MAX_SCALE),
+    ("prints 200 MB", "loss_scale_solution", "underflow_fraction_check",
+     "def underflow_fraction(g):\n    print('x' * (200 << 20))\n    return -1.0\n" + GOOD_MAX_SCALE),
+    ("kills the grading process that forks the parts", "loss_scale_solution", "underflow_fraction_check",
+     "import os, signal\ndef underflow_fraction(g):\n    os.kill(os.getppid(), signal.SIGKILL)\n    return -1.0\n"
+     + GOOD_MAX_SCALE),
+    ("looks for the expected values in the checker's frames", "loss_scale_solution", "underflow_fraction_check",
+     "import sys\ndef underflow_fraction(g):\n    f = sys._getframe()\n    while f is not None:\n"
+     "        for v in f.f_locals.values():\n            if isinstance(v, float) and 0 < v < 1:\n"
+     "                return v\n        f = f.f_back\n    return -1.0\n" + GOOD_MAX_SCALE),
+]
+CHEATS += SANDBOX_CHEATS
+
+
 def _cheat_notebook(tmp: Path, cell: str, source: str) -> Path:
     nb = nbformat.read(str(ALICE), as_version=4)
     hits = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == cell]
@@ -159,21 +233,49 @@ def _digest(root: Path) -> dict:
             for p in sorted(root.rglob("*")) if p.is_file() and "submitted" not in p.parts}
 
 
+def _environment() -> dict:
+    """What the grading machine's Python environment and the repository hold at the top level."""
+    import site
+
+    dirs = site.getsitepackages() + [str(REPO)]
+    return {d: sorted(os.listdir(d)) for d in dirs if os.path.isdir(d)}
+
+
+def _sandbox_processes() -> list[str]:
+    """Processes of the sandbox's uids (61000 + slot, when the grader runs as root) still alive."""
+    if os.geteuid() != 0:
+        return []
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if 61000 <= os.stat(f"/proc/{pid}").st_uid < 62000:
+                out.append(pid)
+        except FileNotFoundError:
+            pass
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name,cell,target,source", CHEATS, ids=[c[0] for c in CHEATS])
 def test_cheat_scores_zero_without_touching_anything(course, tmp_path, name, cell, target, source):
-    before = _digest(course.root)
+    before, env = _digest(course.root), _environment()
+    secret = course.path("secret_seed").read_text().strip()
+    source = source.replace("{gradebook!r}", repr(str(course.root / "gradebook.db"))) \
+        .replace("{secret!r}", repr(str(course.path("secret_seed")))).replace("{repo!r}", repr(str(REPO))) \
+        .replace("{repo}", str(REPO))
     nb = _cheat_notebook(tmp_path, cell, source)
-    results = verify_notebook(course, A, nb, timeout=60, compile_budget=30, log=lambda *a: None, only={target})
+    results = verify_notebook(course, A, nb, timeout=10, compile_budget=30, log=lambda *a: None, only={target})
     assert len(results) == 1
     r = results[0]
     assert r.points == 0, f"{name}: scored {r.points}\n{r.report}"
-    assert r.report.strip()
+    assert r.report.strip() and len(r.report) <= 6000 and secret not in r.report
     assert _digest(course.root) == before, f"{name} changed the course folder"
+    assert _environment() == env, f"{name} changed the Python environment or the repository"
+    assert _sandbox_processes() == [], f"{name} left a process behind"
 
 
-def test_there_are_at_least_twenty_cheats():
-    assert len(CHEATS) >= 20
+def test_there_are_at_least_forty_cheats():
+    assert len(CHEATS) + len(KERNEL_CHEATS) + len(KERNEL_RUNTIME_CHEATS) >= 40
 
 
 @pytest.mark.slow
@@ -223,6 +325,55 @@ def test_kernel_exercise_calling_a_library_op_or_the_reference_scores_zero(cours
                               only={g for g in ("rms_norm_check", "rms_norm_speed")})
     assert results and all(r.points == 0 for r in results), [(r.grade_id, r.points, r.report[:300]) for r in results]
     assert any("may not be used" in r.report for r in results)
+
+
+# What the static check cannot see (its spelling varies, or it is allowed code doing forbidden work) is
+# stopped when it runs: the traps (grader/traps.py) and the provenance recorder (effilab/grading/provenance.py).
+TOKEN_KERNEL = '''
+@triton.jit
+def token_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < n
+    tl.store(y_ptr + offs, tl.load(x_ptr + offs, mask=m), mask=m)
+'''
+EAGER = "xf = x.float()\n    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(x.dtype)\n"
+KERNEL_RUNTIME_CHEATS = [
+    ("plain eager PyTorch for a Triton exercise", "def rms_norm(x, weight, eps=1e-6):\n    " + EAGER),
+    ("a library op beside a token Triton kernel", TOKEN_KERNEL +
+     "def rms_norm(x, weight, eps=1e-6):\n    y = torch.empty_like(x)\n"
+     "    token_kernel[(triton.cdiv(x.numel(), 1024),)](x, y, x.numel(), BLOCK=1024)\n    x = y\n    " + EAGER),
+    ("the library op through vars(module) and a computed name", "import torch.nn.functional as F\n"
+     "def rms_norm(x, weight, eps=1e-6):\n    f = vars(F)['rms' + '_norm']\n"
+     "    return f(x, (x.shape[-1],), weight, eps)\n"),
+    ("the library op through operator.attrgetter", "import operator\n"
+     "def rms_norm(x, weight, eps=1e-6):\n    f = operator.attrgetter('nn.functional.' + 'rms_norm')(torch)\n"
+     "    return f(x, (x.shape[-1],), weight, eps)\n"),
+    ("a subclass of the forbidden library class", "class Mine(torch.nn.RMSNorm):\n    pass\n"
+     "def rms_norm(x, weight, eps=1e-6):\n    m = Mine(x.shape[-1], eps=eps).to(x.device, x.dtype)\n"
+     "    with torch.no_grad():\n        m.weight.copy_(weight)\n    return m(x)\n"),
+    ("numpy does the work, a token kernel copies it", TOKEN_KERNEL + "import numpy as np\n"
+     "def rms_norm(x, weight, eps=1e-6):\n    a = x.float().cpu().numpy()\n"
+     "    r = a / np.sqrt((a * a).mean(-1, keepdims=True) + eps) * weight.float().cpu().numpy()\n"
+     "    t = torch.tensor(r).to(x.dtype)\n    y = torch.empty_like(x)\n"
+     "    token_kernel[(triton.cdiv(x.numel(), 1024),)](t, y, x.numel(), BLOCK=1024)\n    return y\n"),
+    ("torch.compile of the formula beside a token kernel", TOKEN_KERNEL +
+     "def _formula(x, weight, eps):\n    " + EAGER + "_fast = torch.compile(_formula)\n"
+     "def rms_norm(x, weight, eps=1e-6):\n    y = torch.empty_like(x)\n"
+     "    token_kernel[(triton.cdiv(x.numel(), 1024),)](x, y, x.numel(), BLOCK=1024)\n    return _fast(y, weight, eps)\n"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,source", KERNEL_RUNTIME_CHEATS, ids=[c[0] for c in KERNEL_RUNTIME_CHEATS])
+def test_kernel_exercise_points_come_only_from_the_students_own_kernel(course, tmp_path, name, source):
+    nb = nbformat.read(str(ALICE08), as_version=4)
+    cells = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution") and "def rms_norm" in c.source]
+    cells[0].source = source
+    p = tmp_path / f"{B}.ipynb"
+    nbformat.write(nb, str(p))
+    (r,) = verify_notebook(course, B, p, timeout=60, compile_budget=120, log=lambda *a: None, only={"rms_norm_check"})
+    assert r.points == 0, f"{name}: scored {r.points}\n{r.report}"
+    assert any(w in r.report for w in ("your own Triton kernel", "forbidden", "your own @triton.jit")), r.report
 
 
 # ---------------------------------------------------------------------------------------------- time limits

@@ -3,11 +3,14 @@
     python benchmarks/gpu/grading_checks.py [--repeats 5] [--out DIR]
 
 1. The correct example submission of notebook 01 is graded ``--repeats`` times by grader.verify
-   (fresh worker processes, secret-seed inputs): the scores must be identical; the speed ratios'
-   coefficient of variation is reported.
-2. Cheats that only a GPU can expose, each graded on the speed part: work hidden on a side stream,
-   detecting the warm-up/gate calls, caching on the input's identity, no Triton kernel at all,
-   calling the eager reference. Each must score 0.
+   (the sandbox, keyed hidden inputs): the scores must be identical; the speed ratios' coefficient
+   of variation is reported.
+2. Cheats that only a GPU can expose, each graded on notebook 01's speed part: work hidden on a side
+   stream, detecting the warm-up/gate calls, caching on the input's identity, no Triton kernel at
+   all, calling the eager reference. Each must score 0.
+3. Cheats against notebook 08's RMSNorm, correctness and speed: plain eager PyTorch, a library op
+   beside a token Triton kernel, torch.compile of the formula beside a token kernel, patching a torch
+   function the eager baseline uses. Each must score 0 on both parts.
 """
 from __future__ import annotations
 
@@ -74,6 +77,50 @@ CHEATS = {
     "calls effilab's eager version": "from effilab.formats import stochastic_round_bf16_torch as stochastic_round_bf16\n",
 }
 
+B = "08_operator_fusion"
+ALICE08 = ROOT / "grader" / "examples" / B / f"alice_{B}.ipynb"
+RMS_PARTS = {"rms_norm_check", "rms_norm_speed"}
+TOKEN = textwrap.dedent('''
+    @triton.jit
+    def token_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = offs < n
+        tl.store(y_ptr + offs, tl.load(x_ptr + offs, mask=m), mask=m)
+''')
+RMS_CHEATS = {
+    "plain eager PyTorch": textwrap.dedent('''
+        def rms_norm(x, weight, eps=1e-6):
+            xf = x.float()
+            return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(x.dtype)
+    '''),
+    "a library op beside a token Triton kernel": TOKEN + textwrap.dedent('''
+        def rms_norm(x, weight, eps=1e-6):
+            y = torch.empty_like(x)
+            token_kernel[(triton.cdiv(x.numel(), 1024),)](x, y, x.numel(), BLOCK=1024)
+            xf = y.float()
+            return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(x.dtype)
+    '''),
+    "torch.compile of the formula beside a token kernel": TOKEN + textwrap.dedent('''
+        def _formula(x, weight, eps):
+            xf = x.float()
+            return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(x.dtype)
+        _fast = torch.compile(_formula)
+        def rms_norm(x, weight, eps=1e-6):
+            y = torch.empty_like(x)
+            token_kernel[(triton.cdiv(x.numel(), 1024),)](x, y, x.numel(), BLOCK=1024)
+            return _fast(y, weight, eps)
+    '''),
+    "patches a torch function the eager baseline uses": textwrap.dedent('''
+        import time as _t
+        _rsqrt = torch.rsqrt
+        def _slow_rsqrt(*a, **k):
+            _t.sleep(0.01)
+            return _rsqrt(*a, **k)
+        torch.rsqrt = _slow_rsqrt
+        torch.Tensor.rsqrt = lambda self: _slow_rsqrt(self)
+    '''),
+}
+
 
 def _with_cell(source: str, tmp: Path, name: str) -> Path:
     nb = nbformat.read(str(ALICE), as_version=4)
@@ -81,6 +128,17 @@ def _with_cell(source: str, tmp: Path, name: str) -> Path:
         if c.metadata.get("nbgrader", {}).get("grade_id") == "stochastic_round_bf16_solution":
             c.source = source
     p = tmp / f"{name}.ipynb"
+    nbformat.write(nb, str(p))
+    return p
+
+
+def _with_rms_cell(source: str, tmp: Path, name: str) -> Path:
+    """Alice's notebook 08 with the RMSNorm solution cell replaced (for the patching cheat: prepended)."""
+    nb = nbformat.read(str(ALICE08), as_version=4)
+    for c in nb.cells:
+        if c.metadata.get("nbgrader", {}).get("solution") and "def rms_norm(" in c.source:
+            c.source = source + ("\n" + c.source if "patches" in name else "")
+    p = tmp / f"rms-{abs(hash(name))}.ipynb"
     nbformat.write(nb, str(p))
     return p
 
@@ -117,6 +175,20 @@ def main() -> int:
         lines.append(f"| {name} | {r.points:g} | {why} |")
         ok &= r.points == 0
         print(f"{name}: {r.points:g}", flush=True)
+    lines += ["", "| RMSNorm cheat (notebook 08) | correctness | speed | why |", "|---|---|---|---|"]
+    for name, src in RMS_CHEATS.items():
+        res = {r.grade_id: r for r in verify_notebook(course, B, _with_rms_cell(src, tmp, name), log=lambda *a: None,
+                                                       only=RMS_PARTS)}
+        c, sp = res["rms_norm_check"], res["rms_norm_speed"]
+        honest_correct = "patches" in name  # alice's kernel itself: correctness is hers, the speed must not rise
+        why = " ".join((sp.report if honest_correct else c.report).split())[-200:]
+        lines.append(f"| {name} | {c.points:g} / {c.max_points:g} | {sp.points:g} / {sp.max_points:g} | {why} |")
+        print(f"{name}: correctness {c.points:g}, speed {sp.points:g}; ratio {sp.details.get('ratio')}", flush=True)
+        ok &= (c.points == c.max_points if honest_correct else c.points == 0)
+        ok &= sp.points == 0 or honest_correct
+        if honest_correct:  # the baseline is timed in the grader's process: the patch cannot slow it
+            lines.append(f"|  (baseline {sp.details.get('baseline_ms')} ms, alice's kernel {sp.details.get('yours_ms')} ms) "
+                         "| | | |")
     text = "\n".join(lines)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "grading_gpu.md").write_text(text + "\n")

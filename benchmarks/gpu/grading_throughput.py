@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from grader.course import Course  # noqa: E402
+from grader import verify  # noqa: E402
 from grader.verify import verify_notebook  # noqa: E402
 
 
@@ -51,10 +52,16 @@ def main(argv=None) -> int:
             sec = time.time() - t
             row = {"assignment": a, "student": student, "seconds": round(sec, 2), "first": i == 0,
                    "points": sum(r.points for r in res), "max": sum(r.max_points for r in res),
-                   "parts": {r.grade_id: [r.points, r.max_points, round(r.seconds, 2)] for r in res}}
+                   "parts": {r.grade_id: [r.points, r.max_points, round(r.seconds, 2)] for r in res},
+                   "reports": {r.grade_id: r.report for r in res if r.points < r.max_points},
+                   "details": {r.grade_id: r.details for r in res if r.details},
+                   "phases": {k: round(v, 2) for k, v in verify.LAST_TIMING.items()}}
             rows.append(row)
             print(f"{a:28} {student:6} {sec:7.1f} s   {row['points']:g} / {row['max']:g}   "
-                  + "  ".join(f"{g}={p:g}/{m:g}({s:.1f}s)" for g, (p, m, s) in row["parts"].items()), flush=True)
+                  + "  ".join(f"{g}={p:g}/{m:g}({s:.1f}s)" for g, (p, m, s) in row["parts"].items())
+                + "   phases " + " ".join(f"{k} {v:.1f}s" for k, v in row["phases"].items()), flush=True)
+            for gid, rep in row["reports"].items():
+                print(f"    --- {gid}: " + rep[:900].replace("\n", "\n    "), flush=True)
     later = [r["seconds"] for r in rows if not r["first"]] or [r["seconds"] for r in rows]
     every = [r["seconds"] for r in rows]
     print(f"seconds per student notebook: mean {statistics.mean(every):.1f}, max {max(every):.1f} (all); "

@@ -138,6 +138,8 @@ def _launch_enter_hook(metadata) -> None:
     rec = _ACTIVE[0]
     if rec is None or rec._depth > 0:
         return
+    from .provenance import Launch
+
     data = getattr(metadata, "data", None) or {}
     rec.launches.append(Launch(str(data.get("name", "?")), False, "?", "hook"))
 
@@ -154,15 +156,10 @@ class _Patches:
         setattr(owner, name, value)
 
     def restore(self) -> None:
+        from .calls import put_back
+
         while self.items:
-            owner, name, old, own = self.items.pop()
-            try:
-                if own:
-                    setattr(owner, name, old)
-                else:
-                    delattr(owner, name)
-            except (AttributeError, TypeError):
-                pass
+            put_back(*self.items.pop())
 
 
 def _install_launch_hooks(p: _Patches) -> None:

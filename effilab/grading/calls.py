@@ -27,7 +27,7 @@ from typing import Any, Callable
 import torch
 
 __all__ = ["Problem", "quiet", "poisoned_allocations", "poison_value", "clone", "mutated", "describe_exception",
-           "call_student", "one_thread"]
+           "call_student", "one_thread", "to_device", "put_back", "as_float"]
 
 
 @dataclass
@@ -156,6 +156,39 @@ def clone(obj):
     if isinstance(obj, dict):
         return {k: clone(v) for k, v in obj.items()}
     return obj
+
+
+def as_float(out, what: str = "one number") -> float | Problem:
+    """The student's scalar answer as a float (a Python number or a one-element tensor), or a Problem."""
+    if isinstance(out, torch.Tensor):
+        if out.numel() != 1:
+            return Problem(f"return {what}, got a tensor of shape {tuple(out.shape)}")
+        return float(out.detach().float().item())
+    if isinstance(out, (int, float)) and not isinstance(out, bool):
+        return float(out)
+    return Problem(f"return {what} (a float), got {type(out).__name__}")
+
+
+def to_device(obj, dev):
+    """``obj`` with every tensor inside lists, tuples and dicts moved to ``dev``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(dev)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(o, dev) for o in obj)
+    if isinstance(obj, dict):
+        return {k: to_device(v, dev) for k, v in obj.items()}
+    return obj
+
+
+def put_back(owner, name: str, old, had_own: bool) -> None:
+    """Undo ``setattr(owner, name, …)``: restore ``old`` if ``owner`` had its own attribute, else delete it."""
+    try:
+        if had_own:
+            setattr(owner, name, old)
+        else:
+            delattr(owner, name)
+    except (AttributeError, TypeError):
+        pass
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:

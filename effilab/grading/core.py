@@ -51,7 +51,8 @@ from .calls import one_thread, poisoned_allocations  # noqa: F401  (re-exported:
 from .keys import Key, case_seeds  # noqa: F401
 
 __all__ = ["Case", "Group", "CaseResult", "GroupResult", "Verdict", "Exercise", "Problem", "REGISTRY", "register",
-           "get", "check", "quiet", "NOT_ON_CPU", "judge_case", "score", "default_device", "key_for", "run_case"]
+           "get", "check", "quiet", "NOT_ON_CPU", "judge_case", "score", "default_device", "key_for", "run_case",
+           "expect_case"]
 
 NOT_ON_CPU = "needs a CUDA GPU — not awarded here"
 MAX_MESSAGE = 2000  # characters of one failure message kept
@@ -207,6 +208,8 @@ class Exercise:
     kernel = False
     # Why this exercise's judge needs the live output in the sandbox; empty: judged from plain data.
     live_judge: str = ""
+    # Tiny CPU models: run and expect on one thread (calls.one_thread), fast and reproducible.
+    single_thread: bool = False
 
     # -- to implement ---------------------------------------------------------------------------
     def cases(self, suite: str, key: Key) -> list[Group]:
@@ -239,10 +242,25 @@ def run_case(ex: Exercise, fn: Callable, case: Case) -> Any:
 
         fn = checked(fn, kernel_rule(ex))
     try:
-        return ex.run(fn, case)
+        with _threads(ex):
+            return ex.run(fn, case)
     except Exception as exc:
         msg, hint = describe_exception(exc)
         return Problem(msg, hint)
+
+
+def expect_case(ex: Exercise, case: Case) -> Any:
+    """``ex.expect(case)`` as the exercise wants it run (on one thread for tiny CPU models)."""
+    with _threads(ex):
+        return ex.expect(case)
+
+
+def _threads(ex: Exercise):
+    import contextlib
+
+    from .calls import one_thread as single
+
+    return single() if ex.single_thread else contextlib.nullcontext()
 
 
 def check_correctness(ex: Exercise, fn: Callable, suite: str, key: Key) -> Verdict:
@@ -252,7 +270,7 @@ def check_correctness(ex: Exercise, fn: Callable, suite: str, key: Key) -> Verdi
     for gi, g in enumerate(groups):
         for ci, case in enumerate(g.cases):
             out = run_case(ex, fn, case)
-            r = judge_case(ex, out, case, ex.expect(case) if not isinstance(out, Problem) else None)
+            r = judge_case(ex, out, case, expect_case(ex, case) if not isinstance(out, Problem) else None)
             results[(gi, ci)] = r
             if not r.ok:
                 break

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import torch
 
 from .calls import Problem, call_student
-from .core import NOT_ON_CPU, Case, Exercise, Verdict, judge_case, run_case
+from .core import NOT_ON_CPU, Case, Exercise, Verdict, expect_case, judge_case, run_case
 
 __all__ = ["SpeedPart", "MemoryPart", "measure_speed", "measure_memory", "baseline_speed", "baseline_memory",
            "decide_speed", "decide_memory", "self_check", "replay_mutations"]
@@ -60,9 +60,11 @@ class SpeedPart:
     advice: str = ""
     cpu_note: str = ""  # what the part asks of a GPU, said on a CPU
     context: Callable[[], Any] | None = None  # a context manager factory around each timed phase
-    # What of (inputs, output) the judge reads for the timed input and the last timed call (a slice
-    # where a full reference would be slow); default: all of it.
-    view: Callable[[tuple, Any], tuple[tuple, Any]] | None = None
+    # The part of the timed input's outputs that crosses to the grader and is judged, for outputs too
+    # large to send and judge whole: view(inputs, pick) -> (the inputs of that part, the index of the
+    # output to keep). ``pick`` is drawn at random *after* the student's call has returned, so the
+    # student's code cannot know which part will be judged. Default: all of it.
+    view: Callable[[tuple, int], tuple[tuple, Any]] | None = None
     # How a timed call is made from (fn, inputs), fn None meaning the baseline; default fn(*inputs).
     call: Callable[[Callable | None, Any], Callable[[], Any]] | None = None
     explain: Callable[[float], str] | None = None  # one more line about the measured ratio
@@ -181,6 +183,8 @@ def measure_speed(ex: Exercise, part: SpeedPart, fn: Callable) -> dict:
     res: dict = {"gate": run_case(ex, fn, gate)}
     if isinstance(res["gate"], Problem):
         return res
+    if part.gate is None:
+        res["gate"] = _viewed(part, args, res["gate"])
     with _ctx(part):
         nonce = int.from_bytes(os.urandom(6), "big")
         call, state = _timed_call(part, fn, args, nonce)
@@ -193,9 +197,11 @@ def measure_speed(ex: Exercise, part: SpeedPart, fn: Callable) -> dict:
     res.update({"nonce": nonce, "count": state["count"], "median_ms": t.median_ms, "spread": t.spread,
                 "wall_ms": wall})
     if part.call is None and part.mutate and _mutable(args) and "out" in state:
-        res["last"] = state["out"] if not isinstance(state["out"], torch.Tensor) else state["out"].detach()
+        last = state["out"].detach() if isinstance(state["out"], torch.Tensor) else state["out"]
+        res["last"] = _viewed(part, args, last)
     if part.fresh is not None:
-        res["fresh"] = call_student(fn, part.fresh())
+        fresh = part.fresh()
+        res["fresh"] = _viewed(part, fresh, call_student(fn, fresh))
     return res
 
 
@@ -265,11 +271,24 @@ def _not_on_cpu(ex: Exercise, part: str, note: str) -> Verdict:
     return v
 
 
+def _pick() -> int:
+    return int.from_bytes(os.urandom(6), "big")
+
+
+def _viewed(part: "SpeedPart", args: tuple, out):
+    """What of ``out`` crosses to the grader: with a view, a part chosen now, at random."""
+    if part.view is None or isinstance(out, Problem) or not isinstance(out, torch.Tensor):
+        return out
+    pick = _pick()
+    _, index = part.view(args, pick)
+    return {"value": out[index].contiguous(), "pick": pick}
+
+
 def _judged(ex: Exercise, out, case: Case, view=None) -> str | None:
-    if view is not None and not isinstance(out, Problem):
-        args, out = view(case.args, out)
-        case = Case(case.label, args, case.kwargs, case.meta)
-    r = judge_case(ex, out, case, ex.expect(case) if not isinstance(out, Problem) else None)
+    if view is not None and isinstance(out, dict) and "pick" in out and "value" in out:
+        args, _ = view(case.args, int(out["pick"]))
+        out, case = out["value"], Case(case.label, args, case.kwargs, case.meta)
+    r = judge_case(ex, out, case, expect_case(ex, case) if not isinstance(out, Problem) else None)
     return None if r.ok else r.problem + (f" (hint: {r.hint})" if r.hint else "")
 
 
@@ -307,7 +326,8 @@ def decide_speed(ex: Exercise, part: SpeedPart, mine: dict, base: dict, suite: s
                            "replayed across calls do not count): " + problem)
             return v
     if part.fresh is not None:
-        problem = _judged(ex, mine.get("fresh", Problem("no output came back")), part.case(part.fresh(), "a fresh input"))
+        problem = _judged(ex, mine.get("fresh", Problem("no output came back")), part.case(part.fresh(), "a fresh input"),
+                          part.view)
         if problem:
             v.notes.append("after timing, your code gave a wrong answer on a fresh input (cached results do not "
                            "count): " + problem)

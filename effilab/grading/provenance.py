@@ -61,7 +61,7 @@ from .callguard import (_ACTIVE, OwnWorkError, _audit_intact, _install_escape_tr
                         _launch_enter_hook, _launch_hooks_intact, _library_file, _Patches, _student_threads, _triton,
                         is_student_code)
 
-__all__ = ["KernelRule", "KERNEL_RULES", "kernel_rule", "Launch", "CallRecord", "OwnWorkError", "recording",
+__all__ = ["KernelRule", "kernel_rule", "Launch", "CallRecord", "OwnWorkError", "recording",
            "record_call", "own_work_problem", "checked", "is_student_code", "gpu_time_share", "share_from_events",
            "share_problem", "MIN_GPU_SHARE"]
 

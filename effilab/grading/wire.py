@@ -67,7 +67,7 @@ def _encode(obj, blobs: list, size: list, depth: int):
         name = str(t.dtype).removeprefix("torch.")
         if name not in DTYPES:
             raise WireError(f"tensors of dtype {t.dtype} cannot be returned")
-        data = t.view(torch.uint8).reshape(-1).numpy().tobytes() if t.numel() else b""
+        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
         off = size[0]
         size[0] += len(data)
         if size[0] > MAX_BYTES:

@@ -16,13 +16,14 @@ import math
 import statistics
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ...formats import FORMATS, FloatFormat, ValueClass, bf16_neighbours, bit_patterns, bits_of, from_bits
 # Taken at import: the grader traps the student-facing name while graded code runs (grader.traps),
 # so the checker's speed baseline must be its own reference, never a lazy import inside speed().
 from ...formats import stochastic_round_bf16_torch as _sr_bf16_torch
 from ..compare import compare_tensors, format_value
-from ..calls import Problem, call_student
+from ..calls import Problem, as_float, call_student
 from ..core import Case, Exercise, Group, case_seeds, default_device, register
 from ..measure import SpeedPart
 
@@ -181,6 +182,18 @@ class RoundToBF16(Exercise):
     forbidden_source = ((r"\.to\(\s*(torch\.)?bfloat16|\.bfloat16\(\)|\.type\(\s*torch\.bfloat16",
                          "converting with torch does the whole exercise: use integer operations on the bits"),)
 
+    def run(self, fn, case):
+        """The call, watched: any float → bf16 conversion that torch does (``.to``, ``.type``, a keyword
+        form, ``copy_`` into a bf16 tensor…) is refused, however it was spelled; reinterpreting bits
+        with ``.view(torch.bfloat16)`` is what the exercise asks for."""
+        with _TorchConversions() as seen:
+            out = super().run(fn, case)
+        if seen.ops:
+            return Problem(f"your function converts to bfloat16 with torch ({', '.join(sorted(seen.ops)[:3])}): that "
+                           "does the whole exercise", "use integer operations on the bits of x.view(torch.int32), "
+                           "then .view(torch.bfloat16) on the int16 result")
+        return out
+
     _GROUPS = [
         ("normal numbers", "normal", "add 0x7FFF plus the lowest kept bit ((bits >> 16) & 1) to the fp32 bits, "
                                      "then keep the high 16 bits"),
@@ -215,6 +228,39 @@ class RoundToBF16(Exercise):
                                    flat_x[_flat_index(ix, x.shape)]))
 
 
+def _sr_window(args, pick: int):
+    """A random window of 2^22 elements of the timed input and its output (judged in place of all 2^28)."""
+    x, seed = args
+    n = min(SR_JUDGED, x.numel())
+    a = pick % (x.numel() - n + 1)
+    return (x[a:a + n], seed), slice(a, a + n)
+
+
+class _TorchConversions(TorchDispatchMode):
+    """Records the aten ops that write bf16 values computed from floats (every op with a bf16
+    result except reinterpretations and copies of bf16 data)."""
+
+    ALLOWED = {"view", "_unsafe_view", "alias", "detach", "clone", "reshape", "_reshape_alias", "as_strided",
+               "contiguous", "empty", "empty_like", "empty_strided", "full", "full_like", "fill", "zeros", "zeros_like",
+               "lift_fresh", "select", "slice", "expand", "t", "transpose", "permute", "squeeze", "unsqueeze",
+               "flatten", "unflatten"}
+
+    def __init__(self):
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__.rstrip("_")
+        if name not in self.ALLOWED:
+            src_float = any(isinstance(a, torch.Tensor) and a.dtype.is_floating_point and a.dtype != torch.bfloat16
+                            for a in list(args) + list((kwargs or {}).values()))
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            if src_float and any(isinstance(o, torch.Tensor) and o.dtype == torch.bfloat16 for o in outs):
+                self.ops.add(f"aten::{name}")
+        return out
+
+
 def _flat_index(ix, shape) -> int:
     flat = 0
     for i, n in zip(ix, shape):
@@ -228,6 +274,7 @@ def _flat_index(ix, shape) -> int:
 SR_FALSE_ALARM = 1e-6  # probability that a correct kernel fails the unbiasedness test (family-wise)
 SR_SPEED_THRESHOLD = 3.0  # required speed-up over the eager PyTorch version; see benchmarks/RESULTS.md
 SR_SPEED_N = 1 << 28  # 256 Mi fp32 elements: 1 GiB in, 512 MiB out (launch overhead negligible)
+SR_JUDGED = 1 << 22  # of the timed outputs, a random window this long is sent to the grader and judged
 
 
 def _sr_values(s: int, shape, device) -> torch.Tensor:
@@ -310,7 +357,7 @@ class StochasticRoundBF16(Exercise):
         if out.device.type != x.device.type:
             return f"your output is on {out.device}, the input on {x.device}"
         check = case.meta["check"]
-        xc, oc = x.detach().cpu(), out.detach().cpu()
+        xc, oc = x.detach(), out.detach().to(x.device)
         ob = bits_of(oc)
         if check in ("neighbours", "exact", "nan", "seed"):
             lo, hi = bf16_neighbours(xc)
@@ -328,7 +375,7 @@ class StochasticRoundBF16(Exercise):
                 return f"{int(bad.sum())} of {x.numel()} results are not a bf16 neighbour of x{extra}\n" + "\n".join(rows)
             return None
         if check == "unbiased":
-            vals, p, reps = case.meta["vals"], case.meta["p"], case.meta["reps"]
+            vals, p, reps = case.meta["vals"].to(xc.device), case.meta["p"].to(xc.device), case.meta["reps"]
             lo, hi = bf16_neighbours(vals)
             draws = ob.reshape(len(vals), reps)
             if not bool(((draws == lo[:, None]) | (draws == hi[:, None])).all()):
@@ -373,7 +420,8 @@ class StochasticRoundBF16(Exercise):
         s = key.derive("speed")
         return SpeedPart(
             inputs=lambda: (_sr_values(s, (SR_SPEED_N,), "cuda"), 7), baseline=_sr_bf16_torch,
-            threshold=SR_SPEED_THRESHOLD, gate_label="the timed input (2^28 values)", meta={"check": "neighbours"},
+            threshold=SR_SPEED_THRESHOLD, gate_label="the timed input (2^28 values; a random 2^22 judged)",
+            meta={"check": "neighbours"}, view=_sr_window,
             fresh=lambda: (_sr_values(s + 99, (SR_SPEED_N,), "cuda"), 8), own_kernels=True,
             bytes_moved=SR_SPEED_N * (4 + 2), baseline_name="eager PyTorch",
             cpu_note=f"On a GPU yours must be ≥ {SR_SPEED_THRESHOLD:g}× faster than eager PyTorch on 2^28 values.",
@@ -440,14 +488,6 @@ class _ScalarExercise(Exercise):
             by_kind.setdefault(c.meta["kind"], []).append(c)
         return [Group(f"{kind} gradients", cs, self.hint) for kind, cs in by_kind.items()]
 
-    def _as_float(self, out):
-        if isinstance(out, torch.Tensor):
-            if out.numel() != 1:
-                raise TypeError(f"return one number, got a tensor of shape {tuple(out.shape)}")
-            return float(out.item())
-        if isinstance(out, (int, float)):
-            return float(out)
-        raise TypeError(f"return a Python float, got {type(out).__name__}")
 
 
 @register
@@ -460,10 +500,9 @@ class UnderflowFraction(_ScalarExercise):
             "divide by the number of non-zero elements (exact zeros are not underflow)")
 
     def judge(self, out, case, expected=None):
-        try:
-            y = self._as_float(out)
-        except TypeError as e:
-            return str(e)
+        y = as_float(out)
+        if isinstance(y, Problem):
+            return y.message
         e = expected_underflow_fraction(case.args[0])
         if not math.isclose(y, e, abs_tol=1e-9):
             return f"yours {y:.6f}, expected {e:.6f}"
@@ -480,10 +519,9 @@ class MaxSafeLossScale(_ScalarExercise):
             "largest finite value is 65504 and anything ≥ 65520 rounds to inf; k may be negative")
 
     def judge(self, out, case, expected=None):
-        try:
-            y = self._as_float(out)
-        except TypeError as e:
-            return str(e)
+        y = as_float(out)
+        if isinstance(y, Problem):
+            return y.message
         e = expected_max_safe_loss_scale(case.args[0])
         if y != e:
             return (f"yours {y:g} (2**{math.log2(y):.2f}), expected {e:g} (2**{int(math.log2(e))})" if y > 0

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from ..calls import Problem, one_thread, poisoned_allocations, student_error
+from ..calls import Problem, poisoned_allocations, student_error
 from ..core import Case, Exercise, Group, case_seeds, default_device, register
 from ..measure import SpeedPart
 
@@ -165,6 +165,7 @@ def _fmt_scales(tr: list[dict]) -> str:
 
 @register
 class DynamicLossScalerExercise(Exercise):
+    single_thread = True
     name = "DynamicLossScaler"
     notebook = NOTEBOOK
     title = "A dynamic loss scaler that behaves exactly like torch.amp.GradScaler"
@@ -208,8 +209,7 @@ class DynamicLossScalerExercise(Exercise):
     def run(self, fn, case):
         """Drive the student's scaler through the script; its trace as plain data (or a Problem)."""
         (script,) = case.args
-        with one_thread():
-            mine, sd = run_scaler_script(fn, script, call=_student_call)
+        mine, sd = run_scaler_script(fn, script, call=_student_call)
         if isinstance(sd, dict) and set(sd) == {"error"}:
             return sd["error"]  # the student's scaler raised: already a full message
         if not isinstance(sd, dict) or not all(isinstance(k, str) and not k.startswith("__") for k in sd):
@@ -293,6 +293,7 @@ def _sgd(params):
 
 @register
 class MixedPrecisionTrainerExercise(Exercise):
+    single_thread = True
     name = "MixedPrecisionTrainer"
     notebook = NOTEBOOK
     title = "Training with fp32 master weights behind a half-precision model copy"
@@ -329,10 +330,6 @@ class MixedPrecisionTrainerExercise(Exercise):
         return out
 
     def run(self, fn, case):
-        with one_thread():
-            return self._run(fn, case)
-
-    def _run(self, fn, case):
         """Train with the student's trainer; which steps were skipped and the final master weights."""
         (s,) = case.args
         dtype, scaler_kw = case.meta["dtype"], case.meta["scaler"]
@@ -455,6 +452,7 @@ def _adamw(model):
 
 @register
 class BF16TrainStep(Exercise):
+    single_thread = True
     name = "bf16_train_step"
     notebook = NOTEBOOK
     title = "A bf16 autocast training step, faster than fp32"
@@ -475,10 +473,6 @@ class BF16TrainStep(Exercise):
         ]
 
     def run(self, fn, case):
-        with one_thread():
-            return self._run(fn, case)
-
-    def _run(self, fn, case):
         """One step of the student's on a fresh model: what autocast looked like inside the forward,
         the parameters' dtypes, the returned loss and the parameters after the step."""
         (s,) = case.args

@@ -86,7 +86,7 @@ def _compare_step(got, want) -> str | None:
             return (f"no gradient reached {name}: your checkpoint's output is cut off from the graph "
                     "(does backward return the inputs' gradients, and do the parameters inside fn get theirs?)")
         # on a GPU, attention kernels may reduce in another order from one call to the next: a looser bound
-        rtol, atol = (GRAD_RTOL, GRAD_ATOL) if gw.device.type == "cpu" else (1e-3, 1e-5)
+        rtol, atol = (GRAD_RTOL, GRAD_ATOL) if default_device().type == "cpu" else (1e-3, 1e-5)
         problem = compare_tensors(gg, gw, rtol=rtol, atol=atol, name=f"grad of {name}", max_show=3)
         if problem:
             return problem
@@ -107,6 +107,7 @@ def _with_blocks(model: GPT, run_blocks: Callable | None) -> GPT:
 # ==============================================================================================
 @register
 class Checkpoint(Exercise):
+    single_thread = True
     name = "checkpoint"
     notebook = NOTEBOOK
     title = "An own activation checkpoint (torch.autograd.Function), RNG-preserving"
@@ -146,14 +147,12 @@ class Checkpoint(Exercise):
         ]
 
     def run(self, fn, case):
-        with one_thread():
-            return self._run(fn, case.meta, use=True)
+        return self._run(fn, case.meta, use=True)
 
     def expect(self, case):
         """The same computation without checkpointing, on the grading device (dropout masks and
         reduction orders are the device's)."""
-        with one_thread():
-            return self._run(None, case.meta, use=False)
+        return self._run(None, case.meta, use=False)
 
     def _run(self, ckpt, m, use: bool):
         dev = default_device()
@@ -317,6 +316,7 @@ CPU_MEMORY_BATCH = (4, 64)
 
 @register
 class CheckpointedBlocks(Exercise):
+    single_thread = True
     name = "checkpointed_blocks"
     notebook = NOTEBOOK
     title = "Checkpoint the GPT by segments"
@@ -351,12 +351,11 @@ class CheckpointedBlocks(Exercise):
         """One training step of the tiny GPT with ``fn`` running the blocks (None: the plain blocks)."""
         dev = default_device()
         try:
-            with one_thread():
-                model = GPT(GPTConfig.preset("cpu-tiny", n_layer=m["L"]), seed=m["s"]).to(dev).train()
-                x, y = _batch(m["s"], 3, 40, dev)
-                if fn is not None:
-                    _with_blocks(model, lambda mod, h: fn(mod, h, list(m["segs"])))
-                loss, grads = _gpt_step(model, x, y, m["s"])
+            model = GPT(GPTConfig.preset("cpu-tiny", n_layer=m["L"]), seed=m["s"]).to(dev).train()
+            x, y = _batch(m["s"], 3, 40, dev)
+            if fn is not None:
+                _with_blocks(model, lambda mod, h: fn(mod, h, list(m["segs"])))
+            loss, grads = _gpt_step(model, x, y, m["s"])
         except Exception as exc:
             return student_error(exc)
         return {"loss": loss, "grads": grads}

@@ -19,7 +19,7 @@ import torch
 from ...data import variable_length_batch
 from ...models.gpt import GPT, GPTConfig
 from ..compare import compare_tensors
-from ..calls import Problem, call_student, clone, mutated, one_thread
+from ..calls import Problem, as_float, call_student, clone, mutated, one_thread
 from ..core import Case, Exercise, Group, case_seeds, default_device, register
 from ..measure import MemoryPart
 
@@ -66,18 +66,9 @@ def reference_gradients(model: GPT, micro_batches):
     return loss.detach(), grads
 
 
-def _as_float(out) -> float | Problem:
-    if isinstance(out, torch.Tensor):
-        if out.numel() != 1:
-            return Problem(f"return the loss as one number, got a tensor of shape {tuple(out.shape)}")
-        return float(out.detach().float().item())
-    if isinstance(out, (int, float)) and not isinstance(out, bool):
-        return float(out)
-    return Problem(f"return the full batch's mean token loss (a float), got {type(out).__name__}")
-
-
 @register
 class AccumulateGradients(Exercise):
+    single_thread = True
     name = "accumulate_gradients"
     notebook = NOTEBOOK
     title = "Gradient accumulation over uneven micro-batches, normalised by the total token count"
@@ -124,24 +115,22 @@ class AccumulateGradients(Exercise):
         """The student's accumulation on a fresh model: the returned loss and every .grad."""
         dev = default_device()
         mbs = [tuple(t.to(dev) for t in mb) for mb in case.args[0]]
-        with one_thread():
-            model = GPT(GPTConfig.preset("cpu-tiny"), seed=case.meta["s"]).to(dev).train()
-            given = clone(mbs)
-            out = call_student(fn, (model, given))
+        model = GPT(GPTConfig.preset("cpu-tiny"), seed=case.meta["s"]).to(dev).train()
+        given = clone(mbs)
+        out = call_student(fn, (model, given))
         if isinstance(out, Problem):
             return out
         if mutated(mbs, given, "a micro-batch"):
             return Problem("the micro-batches were modified; leave the inputs untouched")
-        loss = _as_float(out)
+        loss = as_float(out, "the full batch's mean token loss")
         if isinstance(loss, Problem):
             return loss
         return {"loss": loss, "grads": {n: p.grad for n, p in model.named_parameters()}}
 
     def expect(self, case):
         dev = default_device()
-        with one_thread():
-            model = GPT(GPTConfig.preset("cpu-tiny"), seed=case.meta["s"]).to(dev).train()
-            loss, grads = reference_gradients(model, [tuple(t.to(dev) for t in mb) for mb in case.args[0]])
+        model = GPT(GPTConfig.preset("cpu-tiny"), seed=case.meta["s"]).to(dev).train()
+        loss, grads = reference_gradients(model, [tuple(t.to(dev) for t in mb) for mb in case.args[0]])
         return {"loss": float(loss), "grads": grads}
 
     def judge(self, out, case, expected=None):
@@ -151,7 +140,7 @@ class AccumulateGradients(Exercise):
             if got is None:  # nothing accumulated
                 return f"no gradient in {n}.grad: call backward on each micro-batch's loss"
             # GPU: other reduction orders
-            rtol, atol = (GRAD_RTOL, GRAD_ATOL) if want.device.type == "cpu" else (1e-3, 1e-5)
+            rtol, atol = (GRAD_RTOL, GRAD_ATOL) if default_device().type == "cpu" else (1e-3, 1e-5)
             problem = compare_tensors(got.to(want.device), want, rtol=rtol, atol=atol, name=f"grad of {n}", max_show=3)
             if problem:
                 return problem

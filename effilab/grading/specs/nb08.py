@@ -72,6 +72,15 @@ def _check_tensor(out, like_shape, dtype, name="output") -> str | None:
     return None
 
 
+def _rows_view(args, pick: int):
+    """256 random consecutive rows of a row-wise op's timed input and output (the rest is not sent)."""
+    x = args[0]
+    rows = x.shape[0]
+    r0 = pick % max(1, rows - 255)
+    sl = slice(r0, min(rows, r0 + 256))
+    return tuple(a[sl] if isinstance(a, torch.Tensor) and a.dim() == x.dim() else a for a in args), sl
+
+
 # ==============================================================================================
 # 1. RMSNorm
 # ==============================================================================================
@@ -150,8 +159,9 @@ class RMSNorm(Exercise):
         n_rows, n_cols = RMS_SPEED_SHAPE
         return SpeedPart(
             inputs=lambda: _rms_inputs(s, RMS_SPEED_SHAPE, torch.bfloat16, "cuda") + (1e-6,),
-            baseline=rms_norm_eager, threshold=RMS_SPEED_THRESHOLD, own_kernels=True,
-            gate_label=f"the timed input ({n_rows}×{n_cols} bf16)", bytes_moved=2 * n_rows * n_cols * 2 + 2 * n_cols,
+            baseline=rms_norm_eager, threshold=RMS_SPEED_THRESHOLD, own_kernels=True, view=_rows_view,
+            gate_label=f"the timed input ({n_rows}×{n_cols} bf16; 256 random rows judged)",
+            bytes_moved=2 * n_rows * n_cols * 2 + 2 * n_cols,
             baseline_name="eager RMSNorm",
             advice="read each row once and write it once: keep the whole row in registers, one row per program "
                    "for rows of 4096, num_warps 8 or 16")
@@ -234,7 +244,8 @@ class SwiGLU(Exercise):
         n = math.prod(SWIGLU_SPEED_SHAPE)
         return SpeedPart(
             inputs=lambda: _swiglu_inputs(s, SWIGLU_SPEED_SHAPE, torch.bfloat16, "cuda"), baseline=swiglu_eager,
-            threshold=SWIGLU_SPEED_THRESHOLD, own_kernels=True, gate_label="the timed input (16384×11008 bf16)",
+            threshold=SWIGLU_SPEED_THRESHOLD, own_kernels=True, view=_rows_view,
+            gate_label="the timed input (16384×11008 bf16; 256 random rows judged)",
             bytes_moved=3 * n * 2, baseline_name="eager silu(a) * b",
             advice="one pass: read a and b once, write the output once; BLOCK of 1024–4096 elements")
 
@@ -452,14 +463,16 @@ class FlashAttention(Exercise):
         s = key.derive("speed")
         B, H, S, D = ATTN_SPEED_SHAPE
 
-        def view(args, out):  # the float64 reference on the whole input is slow: judge 256 queries of one head
+        def view(args, pick):  # the float64 reference on the whole input is slow: judge 256 queries of one head
             q, k, v, c = args
-            return (q[:1, :1, :256], k[:1, :1], v[:1, :1], c), out[:1, :1, :256]
+            b, h, s0 = pick % q.shape[0], (pick >> 8) % q.shape[1], (pick >> 16) % (q.shape[2] - 255)
+            idx = (slice(b, b + 1), slice(h, h + 1))
+            return (q[idx][:, :, s0:s0 + 256], k[idx], v[idx], c), idx + (slice(s0, s0 + 256),)
 
         return SpeedPart(
             inputs=lambda: _attn_inputs(s, ATTN_SPEED_SHAPE, torch.bfloat16, "cuda") + (False,),
             baseline=attention_naive, threshold=ATTN_SPEED_THRESHOLD, own_kernels=True, view=view,
-            gate_label="the timed input (first head, 256 queries judged)", flops=4.0 * B * H * S * S * D,
+            gate_label="the timed input (256 random queries of a random head judged)", flops=4.0 * B * H * S * S * D,
             baseline_name="naive attention",
             advice="BLOCK_M = 128, BLOCK_N = 64, num_warps = 8 and num_stages = 3 are good starting points on an H100")
 
