@@ -145,7 +145,7 @@ try:
         runs[name] = dict(losses=losses, before=before, after=lora.eval_loss(model, val_bytes),
                           s=time.perf_counter() - t0)
 except NotImplementedError:
-    print("Finish exercises 1, 3, 4 and 5 to fine-tune with your layers.")
+    print("Finish exercises 1, 3, 4 and 5 to fine-tune with your layers (peft's run is below).")
 for name, r in runs.items():
     plt.plot(r["losses"], label=name)
     print(f"{name:22} validation loss {r['before']:.4f} → {r['after']:.4f}  ({r['s']:.1f} s for {steps} steps)")
@@ -214,7 +214,8 @@ try:
             if GPU:
                 torch.cuda.empty_cache()
 except NotImplementedError:
-    print("Finish exercises 1 and 5 to run the sweep with your layers.")
+    sweep = {}
+    print("Finish exercises 1, 3, 4 and 5 to run the sweep with your layers.")
 if sweep:
     fig, axes = plt.subplots(1, 2 * len(widths), figsize=(13, 3.4), layout="constrained")
     for i, (C, L) in enumerate(widths):

@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn as nn
 
-from ..calls import Problem, one_thread, poisoned_allocations, student_error
+from ..calls import Problem, poisoned_allocations, student_error
 from ..compare import compare_tensors
 from ..core import Case, Exercise, Group, case_seeds, default_device, register
 
@@ -160,50 +160,49 @@ def run_adapter_case(fn, case, dora: bool):
     tensors = [t.to(dev) if isinstance(t, torch.Tensor) else t for t in case.args]
     w, b, x, A, B, grad = tensors[:6]
     mag = tensors[6] if dora else None
-    with one_thread():
-        base = linear_from(w, b)
-        label = f"{m['cls']}(base, r={m['r']}, alpha={m['alpha']:g}, use_rslora={m['rslora']})"
-        layer, err = student_call(label, fn, base, r=m["r"], alpha=m["alpha"], use_rslora=m["rslora"])
+    base = linear_from(w, b)
+    label = f"{m['cls']}(base, r={m['r']}, alpha={m['alpha']:g}, use_rslora={m['rslora']})"
+    layer, err = student_call(label, fn, base, r=m["r"], alpha=m["alpha"], use_rslora=m["rslora"])
+    if err:
+        return err
+    bad = check_interface(layer, base, m["r"], magnitude=dora)
+    if bad:
+        return bad
+    kind = m["kind"]
+    if kind == "init":
+        y, err = student_call("layer(x)", layer, x)
         if err:
             return err
-        bad = check_interface(layer, base, m["r"], magnitude=dora)
-        if bad:
-            return bad
-        kind = m["kind"]
-        if kind == "init":
-            y, err = student_call("layer(x)", layer, x)
-            if err:
-                return err
-            out = {"A": layer.lora_A.detach().clone(), "B": layer.lora_B.detach().clone(), "y": y.detach()}
-            if dora:
-                out["magnitude"] = layer.magnitude.detach().clone()
-            return out | _requires_grad_report(layer, base)
-        load_adapters(layer, A, B, mag)
-        if kind == "merge":
-            return _run_merge(layer, base, x)
-        xg = x.clone().requires_grad_(kind == "grads")
-        y, err = student_call("layer(x)", layer, xg)
+        out = {"A": layer.lora_A.detach().clone(), "B": layer.lora_B.detach().clone(), "y": y.detach()}
+        if dora:
+            out["magnitude"] = layer.magnitude.detach().clone()
+        return out | _requires_grad_report(layer, base)
+    load_adapters(layer, A, B, mag)
+    if kind == "merge":
+        return _run_merge(layer, base, x)
+    xg = x.clone().requires_grad_(kind == "grads")
+    y, err = student_call("layer(x)", layer, xg)
+    if err:
+        return err
+    if not isinstance(y, torch.Tensor) or tuple(y.shape) != tuple(x.shape[:-1]) + (w.shape[0],):
+        return Problem(f"layer(x) must return a tensor of shape {tuple(x.shape[:-1]) + (w.shape[0],)}, got "
+                       f"{tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}")
+    out = {"y": y.detach()}
+    if kind == "grads":
+        _, err = student_call("y.backward(grad)", y.backward, grad)
         if err:
             return err
-        if not isinstance(y, torch.Tensor) or tuple(y.shape) != tuple(x.shape[:-1]) + (w.shape[0],):
-            return Problem(f"layer(x) must return a tensor of shape {tuple(x.shape[:-1]) + (w.shape[0],)}, got "
-                           f"{tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}")
-        out = {"y": y.detach()}
-        if kind == "grads":
-            _, err = student_call("y.backward(grad)", y.backward, grad)
-            if err:
-                return err
-            grads = {"x": xg.grad, "lora_A": layer.lora_A.grad, "lora_B": layer.lora_B.grad}
-            if dora:
-                grads["magnitude"] = layer.magnitude.grad
-            if any(v is None for v in grads.values()):
-                missing = [k for k, v in grads.items() if v is None]
-                return Problem(f"no gradient reached {missing} after y.backward(grad)",
-                               "keep lora_A and lora_B in the graph (no .detach(), no torch.no_grad() in forward)")
-            out["grads"] = {k: v.detach().clone() for k, v in grads.items()}
-            out |= _requires_grad_report(layer, base)
-            out["base_grads"] = [p.grad is not None for p in base.parameters()]
-        return out
+        grads = {"x": xg.grad, "lora_A": layer.lora_A.grad, "lora_B": layer.lora_B.grad}
+        if dora:
+            grads["magnitude"] = layer.magnitude.grad
+        if any(v is None for v in grads.values()):
+            missing = [k for k, v in grads.items() if v is None]
+            return Problem(f"no gradient reached {missing} after y.backward(grad)",
+                           "keep lora_A and lora_B in the graph (no .detach(), no torch.no_grad() in forward)")
+        out["grads"] = {k: v.detach().clone() for k, v in grads.items()}
+        out |= _requires_grad_report(layer, base)
+        out["base_grads"] = [p.grad is not None for p in base.parameters()]
+    return out
 
 
 def _run_merge(layer, base, x):
@@ -355,6 +354,7 @@ class LoRALinearExercise(Exercise):
     signature = ("class LoRALinear(nn.Module): __init__(self, base: nn.Linear, r=8, alpha=16.0, use_rslora=False) "
                  "with self.lora_A (r, d_in), self.lora_B (d_out, r), forward(x), merge(), unmerge()")
     forbidden = ("peft",)
+    single_thread = True
 
     def cases(self, suite, key):
         return _adapter_cases(suite, key, _LORA_GROUPS, dora=False, cls="LoRALinear")
@@ -393,6 +393,7 @@ class DoRALinearExercise(Exercise):
     signature = ("class DoRALinear(LoRALinear) with self.magnitude (d_out,), the same constructor, forward(x), "
                  "merge(), unmerge()")
     forbidden = ("peft",)
+    single_thread = True
 
     def cases(self, suite, key):
         return _adapter_cases(suite, key, _DORA_GROUPS, dora=True, cls="DoRALinear")

@@ -363,13 +363,30 @@ class NF4Dequantize(Exercise):
 
         return SpeedPart(
             inputs=lambda: (_random_state(s, SPEED_SHAPE, "cuda"), SPEED_SHAPE, torch.bfloat16), baseline=None,
-            call=call, threshold=DEQUANT_SPEED_THRESHOLD, own_kernels=True, mutate=False,
+            call=call, view=_dequant_view, threshold=DEQUANT_SPEED_THRESHOLD, own_kernels=True, mutate=False,
             bytes_moved=n // 2 + n // BLOCKSIZE + 2 * n, baseline_name="bitsandbytes dequantize_4bit",
-            gate_label=f"the timed input ({SPEED_SHAPE[0]}×{SPEED_SHAPE[1]}, double-quantised, → bf16)",
+            gate_label=f"the timed input ({SPEED_SHAPE[0]}×{SPEED_SHAPE[1]}, double-quantised, → bf16; "
+                       f"{VIEW_ROWS} rows judged)",
             cpu_note=f"On a GPU yours must be ≥ {DEQUANT_SPEED_THRESHOLD:g}× faster than bitsandbytes' dequantize_4bit "
                      f"({SPEED_SHAPE[0]}×{SPEED_SHAPE[1]} → bf16, double-quantised absmax).",
             advice="decode the absmax inside the same kernel (no separate pass over it) and write each output "
                    "block of 64 values as one contiguous row (tl.join(high, low) → reshape)")
+
+
+VIEW_ROWS = 64  # rows of the timed output that cross to the grader and are judged (drawn after the call)
+
+
+def _dequant_view(inputs, pick):
+    """The state of ``VIEW_ROWS`` rows starting at an even row (a whole number of groups of 256
+    blocks when a row holds 128 blocks), and the index of those rows in the output."""
+    q, shape, dtype = inputs
+    rows, cols = shape
+    per_row = cols // BLOCKSIZE
+    r0 = 2 * (pick % ((rows - VIEW_ROWS) // 2))
+    b0, b1 = r0 * per_row, (r0 + VIEW_ROWS) * per_row
+    part = {"packed": q["packed"][b0 * 32:b1 * 32], "absmax": q["absmax"][b0:b1],
+            "absmax2": q["absmax2"][b0 // BLOCKSIZE2:n_blocks(b1, BLOCKSIZE2)], "offset": q["offset"]}
+    return (part, (VIEW_ROWS, cols), dtype), (slice(r0, r0 + VIEW_ROWS),)
 
 
 def _bnb_dequantize_call(q, shape, dtype):

@@ -54,6 +54,7 @@ MEMORY_BATCH = 1
 #: kernel saves about half the time at K = 768. To calibrate on the H200 (benchmarks/gpu/nb06.sh).
 FUSED_SPEED_THRESHOLD = 1.3
 FUSED_SPEED_SHAPE = (16384, 768, 3072, 16)  # (M tokens, K = d_in, N = d_out, r)
+FUSED_VIEW_ROWS = 256  # rows of the timed output judged (drawn after the call)
 FUSED_TOL = {torch.float32: (2e-3, 2e-3), torch.float16: (5e-3, 5e-3), torch.bfloat16: (3e-2, 2e-2)}  # (rtol, atol / rms)
 
 _FORBIDDEN = ("bitsandbytes", "peft", "effilab.nf4.bnb_quantize", "effilab.nf4.bnb_dequantize",
@@ -99,44 +100,43 @@ def _run_qlora(fn, case):
     m = case.meta
     dev = default_device()
     w, b, x, A, B, grad = [t.to(dev) if isinstance(t, torch.Tensor) else t for t in case.args]
-    with one_thread():
-        base = linear_from(w, b)
-        layer, err = student_call(f"QLoRALinear(base, r={R}, alpha={ALPHA:g})", fn, base, r=R, alpha=ALPHA)
+    base = linear_from(w, b)
+    layer, err = student_call(f"QLoRALinear(base, r={R}, alpha={ALPHA:g})", fn, base, r=R, alpha=ALPHA)
+    if err:
+        return err
+    del base
+    for attr in ("lora_A", "lora_B"):
+        if not isinstance(getattr(layer, attr, None), nn.Parameter):
+            return Problem(f"self.{attr} must be an nn.Parameter", "as in LoRALinear: lora_A (r, d_in), lora_B (d_out, r)")
+    if m["kind"] == "storage":
+        return {"tensors": [[n, list(t.shape), str(t.dtype).removeprefix("torch."), int(t.numel() * t.element_size()),
+                             trainable] for n, t, trainable in _tensors_of(layer)]}
+    state, err = student_call("layer.quant_state()", getattr(layer, "quant_state", None) or _missing_state)
+    if err:
+        return err
+    if not isinstance(state, dict):
+        return Problem(f"quant_state() must return the dict nf4_quantize made, got {type(state).__name__}")
+    state = {k: v.detach().clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    load_adapters(layer, A, B)
+    if m["kind"] == "saved":
+        return _run_saved(layer, x)
+    xg = x.clone().requires_grad_(m["kind"] == "grads")
+    y, err = student_call("layer(x)", layer, xg)
+    if err:
+        return err
+    out = {"state": state, "y": y.detach() if isinstance(y, torch.Tensor) else None}
+    if out["y"] is None or tuple(y.shape) != tuple(x.shape[:-1]) + (w.shape[0],):
+        return Problem(f"layer(x) must return a tensor of shape {tuple(x.shape[:-1]) + (w.shape[0],)}")
+    if m["kind"] == "grads":
+        _, err = student_call("y.backward(grad)", y.backward, grad)
         if err:
             return err
-        del base
-        for attr in ("lora_A", "lora_B"):
-            if not isinstance(getattr(layer, attr, None), nn.Parameter):
-                return Problem(f"self.{attr} must be an nn.Parameter", "as in LoRALinear: lora_A (r, d_in), lora_B (d_out, r)")
-        if m["kind"] == "storage":
-            return {"tensors": [[n, list(t.shape), str(t.dtype).removeprefix("torch."), int(t.numel() * t.element_size()),
-                                 trainable] for n, t, trainable in _tensors_of(layer)]}
-        state, err = student_call("layer.quant_state()", getattr(layer, "quant_state", None) or _missing_state)
-        if err:
-            return err
-        if not isinstance(state, dict):
-            return Problem(f"quant_state() must return the dict nf4_quantize made, got {type(state).__name__}")
-        state = {k: v.detach().clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
-        load_adapters(layer, A, B)
-        if m["kind"] == "saved":
-            return _run_saved(layer, x)
-        xg = x.clone().requires_grad_(m["kind"] == "grads")
-        y, err = student_call("layer(x)", layer, xg)
-        if err:
-            return err
-        out = {"state": state, "y": y.detach() if isinstance(y, torch.Tensor) else None}
-        if out["y"] is None or tuple(y.shape) != tuple(x.shape[:-1]) + (w.shape[0],):
-            return Problem(f"layer(x) must return a tensor of shape {tuple(x.shape[:-1]) + (w.shape[0],)}")
-        if m["kind"] == "grads":
-            _, err = student_call("y.backward(grad)", y.backward, grad)
-            if err:
-                return err
-            grads = {"x": xg.grad, "lora_A": layer.lora_A.grad, "lora_B": layer.lora_B.grad}
-            if any(v is None for v in grads.values()):
-                return Problem(f"no gradient reached {[k for k, v in grads.items() if v is None]}",
-                               "the base matmul needs a backward that returns grad @ Ŵ for x; keep A and B in the graph")
-            out["grads"] = {k: v.detach().clone() for k, v in grads.items()}
-        return out
+        grads = {"x": xg.grad, "lora_A": layer.lora_A.grad, "lora_B": layer.lora_B.grad}
+        if any(v is None for v in grads.values()):
+            return Problem(f"no gradient reached {[k for k, v in grads.items() if v is None]}",
+                           "the base matmul needs a backward that returns grad @ Ŵ for x; keep A and B in the graph")
+        out["grads"] = {k: v.detach().clone() for k, v in grads.items()}
+    return out
 
 
 def _missing_state():
@@ -188,8 +188,8 @@ def _reference_weight(out, case) -> tuple[torch.Tensor | None, str | None]:
     problem = quantize_problem(out["state"], w, True)
     if problem:
         return None, "quant_state() is not nf4_quantize(base.weight, double_quant=True): " + problem
-    return bnb_dequantize({k: v.reshape(-1) if k != "offset" else v.reshape(()) for k, v in out["state"].items()},
-                          w.shape, torch.float32), None
+    state = {k: (v.reshape(-1) if k != "offset" else v.reshape(())).to(w.device) for k, v in out["state"].items()}
+    return bnb_dequantize(state, w.shape, torch.float32), None
 
 
 def _judge_math(out, case) -> str | None:
@@ -259,15 +259,14 @@ def _run_finetune(fn, case):
 
     (batches,) = case.args
     targets = case.meta["targets"]
-    with one_thread():
-        model, err = student_call(f"QLoRALinear(linear, r={R}, alpha={ALPHA:g}) on every Linear of the GPT's blocks",
-                                  lambda: adapt(load_tiny_base(torch.float32, default_device()),
-                                                lambda lin: fn(lin, r=R, alpha=ALPHA), targets))
-        if err:
-            return err
-        losses, err = student_call(f"{FINETUNE_STEPS} AdamW steps on the adapters", _train_on, model, batches)
-        if err:
-            return err
+    model, err = student_call(f"QLoRALinear(linear, r={R}, alpha={ALPHA:g}) on every Linear of the GPT's blocks",
+                              lambda: adapt(load_tiny_base(torch.float32, default_device()),
+                                            lambda lin: fn(lin, r=R, alpha=ALPHA), targets))
+    if err:
+        return err
+    losses, err = student_call(f"{FINETUNE_STEPS} AdamW steps on the adapters", _train_on, model, batches)
+    if err:
+        return err
     return {"losses": losses}
 
 
@@ -276,7 +275,7 @@ def finetune_reference(batches: torch.Tensor, targets) -> list[float]:
     from ...lora import load_tiny_base, peft_lora
 
     with one_thread():
-        return _train_on(peft_lora(load_tiny_base(torch.float32), R, ALPHA, targets=targets), batches)
+        return _train_on(peft_lora(load_tiny_base(torch.float32), R, ALPHA, targets=targets), batches.cpu())
 
 
 def nf4_base_loss(batch: torch.Tensor, targets) -> float:
@@ -289,6 +288,7 @@ def nf4_base_loss(batch: torch.Tensor, targets) -> float:
         base = load_tiny_base(torch.float32)
         for _, lin in target_linears(base, targets):
             lin.weight.copy_(bnb_round_trip(lin.weight, True))
+        batch = batch.cpu()
         return float(base(batch[:, :-1].contiguous(), batch[:, 1:].contiguous())[1])
 
 
@@ -340,6 +340,7 @@ class QLoRALinearExercise(Exercise):
     signature = ("class QLoRALinear(nn.Module): __init__(self, base: nn.Linear, r=8, alpha=16.0) with buffers of "
                  "nf4_quantize(base.weight), quant_state() -> dict, lora_A, lora_B, forward(x)")
     forbidden = _FORBIDDEN
+    single_thread = True
 
     def cases(self, suite, key):
         seeds = case_seeds(suite, key)
@@ -540,11 +541,16 @@ class FusedLoRALinear(Exercise):
             x = inputs[0]
             return lambda: layer(x)
 
+        def view(inputs, pick):  # 256 rows of the output, chosen after the call, cross and are judged
+            x = inputs[0]
+            r0 = pick % (x.shape[0] - FUSED_VIEW_ROWS)
+            return (x[r0:r0 + FUSED_VIEW_ROWS],) + tuple(inputs[1:]), (slice(r0, r0 + FUSED_VIEW_ROWS),)
+
         return SpeedPart(
-            inputs=lambda: _fused_inputs(s, M, K, N, r, torch.bfloat16, device="cuda"), baseline=None, call=call,
+            inputs=lambda: _fused_inputs(s, M, K, N, r, torch.bfloat16, device="cuda"), baseline=None, call=call, view=view,
             threshold=FUSED_SPEED_THRESHOLD, own_kernels=True, mutate=False, flops=2.0 * M * N * K + 2.0 * M * r * (K + N),
             baseline_name="peft lora.Linear (bf16 adapters)",
-            gate_label=f"the timed input (x {M}×{K}, W {N}×{K}, r={r}, bf16)",
+            gate_label=f"the timed input (x {M}×{K}, W {N}×{K}, r={r}, bf16; {FUSED_VIEW_ROWS} rows judged)",
             cpu_note=f"On a GPU yours must be ≥ {FUSED_SPEED_THRESHOLD:g}× faster than peft's lora.Linear "
                      f"(M={M}, K={K}, N={N}, r={r}, bf16).",
             advice="tiles of 128×128 (BLOCK_K 64), num_warps 8, num_stages 3–4, grouped program order for L2 reuse; "
