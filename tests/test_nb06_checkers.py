@@ -13,7 +13,7 @@ from effilab import lora, nf4
 from effilab.grading import check, get
 from effilab.grading.core import key_for, run_case
 from effilab.grading.nbcode import code_cells, exec_cells, load_notebook, solution_namespace
-from effilab.grading.specs import nb06_nf4, nb06_qlora
+from effilab.grading.specs import nb06_qlora
 
 ROOT = Path(__file__).resolve().parents[1]
 NB = ROOT / "solutions" / "06_lora_qlora.ipynb"

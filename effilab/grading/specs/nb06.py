@@ -17,7 +17,6 @@ at import and never in the sandbox, where graded code may not use them at all (`
 """
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -238,7 +237,6 @@ def _adapter_cases(suite, key, kinds: dict, dora: bool, cls: str):
 
 def _judge_init(out, case, dora: bool) -> str | None:
     w, b, x = case.args[:3]
-    r = case.meta["r"]
     d_in = w.shape[1]
     A, B = out["A"].float(), out["B"].float()
     if B.abs().max() != 0:

@@ -25,7 +25,6 @@ import math
 import torch
 
 from ...nf4 import BLOCKSIZE, BLOCKSIZE2, bits_per_param, dynamic_code, n_blocks, nf4_code
-from ..calls import Problem, call_student
 from ..compare import compare_tensors
 from ..core import Case, Exercise, Group, case_seeds, default_device, register
 from ..measure import SpeedPart

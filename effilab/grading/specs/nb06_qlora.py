@@ -21,8 +21,7 @@ import torch
 import torch.nn as nn
 
 from ...memory import SavedTensorMeter
-from ...nf4 import bits_per_param, state_bytes
-from ..calls import Problem, call_student, one_thread
+from ..calls import Problem, one_thread
 from ..compare import compare_tensors
 from ..core import Case, Exercise, Group, case_seeds, default_device, register
 from ..measure import MemoryPart, SpeedPart

@@ -1,6 +1,6 @@
 """Build solutions/06_lora_qlora.ipynb (the nbgrader source notebook) from this script.
 
-    python solutions/build/06_lora_qlora.py      # from the repository root
+    python solutions/build/nb06.py      # from the repository root
 
 Cell ids are stable (grader.authoring numbers them in order), so a rebuild changes only what was
 edited here. Then ``python -m grader release`` and ``python -m grader examples``.
@@ -13,11 +13,11 @@ sys.path.insert(0, str(ROOT))
 
 from grader.authoring import notebook, write  # noqa: E402
 
-import cells_06_lora  # noqa: E402
-import cells_06_nf4  # noqa: E402
-import cells_06_qlora  # noqa: E402
+import nb06_cells_lora  # noqa: E402
+import nb06_cells_nf4  # noqa: E402
+import nb06_cells_qlora  # noqa: E402
 
-CELLS = cells_06_lora.CELLS + cells_06_nf4.CELLS + cells_06_qlora.CELLS
+CELLS = nb06_cells_lora.CELLS + nb06_cells_nf4.CELLS + nb06_cells_qlora.CELLS
 
 if __name__ == "__main__":
     out = ROOT / "solutions" / "06_lora_qlora.ipynb"
