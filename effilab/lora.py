@@ -104,8 +104,7 @@ def adapt(model: nn.Module, make: Callable[[nn.Linear], nn.Module], targets: Ite
     found = target_linears(model, targets)
     if not found:
         raise ValueError(f"no nn.Linear named one of {tuple(targets)} in {type(model).__name__}")
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model.requires_grad_(False)
     for name, linear in found:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -203,13 +202,13 @@ def load_tiny_base(dtype: torch.dtype = torch.float32, device: str | torch.devic
 FINETUNE_FILE = "pydoc_data/topics.py"  # the fine-tuning domain: the prose of the Python documentation
 
 
-def _domain_span(corpus: torch.Tensor) -> tuple[int, int]:
-    """[start, end) of :data:`FINETUNE_FILE` inside the corpus (effilab.data marks each file with a header
-    line); the last 10 % of the corpus if this interpreter's corpus does not hold it."""
+def _domain_span(corpus: torch.Tensor) -> tuple[int, int] | None:
+    """[start, end) of :data:`FINETUNE_FILE` inside a corpus (effilab.data marks each file with a
+    header line), or None when the corpus does not hold it."""
     blob = corpus.numpy().tobytes()
     start = blob.find(f"# ---- {FINETUNE_FILE} ----\n".encode())
     if start < 0:
-        return int(corpus.numel() * 0.9), corpus.numel()
+        return None
     end = blob.find(b"\n# ---- ", start + 1)
     return start, (end + 1 if end >= 0 else corpus.numel())
 
@@ -219,20 +218,27 @@ def pretraining_data() -> torch.Tensor:
     from . import data
 
     corpus = data.corpus()
-    start, end = _domain_span(corpus)
-    return torch.cat([corpus[:start], corpus[end:]])
+    span = _domain_span(corpus)
+    return corpus if span is None else torch.cat([corpus[:span[0]], corpus[span[1]:]])
 
 
 def finetune_data(val_fraction: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
     """(train, validation) bytes of the fine-tuning domain: ``pydoc_data/topics.py``, the text of the
     Python documentation's topics (English prose inside string literals), which the base never saw
     (:func:`pretraining_data` leaves it out). It is a real shift for a model of Python code — the
-    kind of new domain a LoRA fine-tune is for. The last ``val_fraction`` is the validation set."""
+    kind of new domain a LoRA fine-tune is for. The last ``val_fraction`` is the validation set.
+
+    Where the default 8 MB corpus of this interpreter does not reach the file (another Python
+    version orders its standard library differently), the whole standard library is searched;
+    without the file at all, the last 10 % of the corpus stands in."""
     from . import data
 
-    corpus = data.corpus()
-    start, end = _domain_span(corpus)
-    return data.train_val_split(corpus[start:end], val_fraction)
+    for corpus in (data.corpus(), data.corpus(64_000_000)):
+        span = _domain_span(corpus)
+        if span is not None:
+            return data.train_val_split(corpus[span[0]:span[1]], val_fraction)
+    _, tail = data.train_val_split(data.corpus(), 0.1)
+    return data.train_val_split(tail, val_fraction)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -165,7 +165,7 @@ def test_qlora_fine_tune_margin_holds_with_room_and_a_wrong_scale_breaks_it(ref)
     worst = 0.0
     for c in ft.cases:
         out = run_case(ex, ref["QLoRALinear"], c)
-        ref_losses = nb06_qlora.finetune_reference(c.args[0], c.meta["targets"])
+        ref_losses = nb06_qlora.finetune_reference(c.args[0], c.meta["targets"], out["lora_A"])
         worst = max(worst, abs(sum(out["losses"][-3:]) / 3 - sum(ref_losses[-3:]) / 3))
         assert abs(out["losses"][0] - nb06_qlora.nf4_base_loss(c.args[0][0], c.meta["targets"])) < 1e-3
     assert worst < nb06_qlora.FINETUNE_MARGIN / 2, worst

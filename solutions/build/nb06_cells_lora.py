@@ -343,7 +343,7 @@ class DoRALinear(LoRALinear):
         if self.merged:
             return self.base(x)
         scale = self.magnitude / self.weight_norm().detach()     # detached: a constant in backward (DoRA §4.3)
-        x2 = x.reshape(-1, x.shape[-1])
+        x2 = x.reshape(-1, self.base.in_features)
         y = F.linear(x2, self.base.weight)
         y = torch.addmm(y, x2 @ self.lora_A.t(), self.lora_B.t(), alpha=self.scaling) * scale
         if self.base.bias is not None:

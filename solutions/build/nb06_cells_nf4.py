@@ -197,7 +197,7 @@ def nf4_quantize(w: torch.Tensor, double_quant: bool = True) -> dict:
     BLOCKS = min(1024, triton.next_power_of_2(nb)) if INTERPRET else 64    # CPU: few, fat programs
     nf4_quantize_kernel[(triton.cdiv(nb, BLOCKS),)](flat, NF4_TABLE.to(dev), packed, absmax, total, n, nb,
                                                     BLOCKS=BLOCKS, SUM=double_quant)
-    if not double_quant:
+    if not double_quant:                                # fp32 absmax: 4.5 bits per value
         return {"packed": packed, "absmax": absmax}
     ng = triton.cdiv(nb, 256)
     codes = torch.empty(nb, dtype=torch.uint8, device=dev)
@@ -272,7 +272,7 @@ def nf4_dequantize_kernel(
 def nf4_dequantize(q: dict, shape: tuple, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     '''The tensor of `shape` and `dtype` that the NF4 state q (from nf4_quantize) encodes.'''
     ### BEGIN SOLUTION
-    n = math.prod(shape)
+    n = math.prod(shape)                                # values to decode
     nb = triton.cdiv(n, 64)
     dev = q["packed"].device
     out = torch.empty(shape, dtype=dtype, device=dev)
