@@ -63,14 +63,15 @@ axes[0].hist(scaled.numpy(), bins=120, color="C7")
 for v in NF4_TABLE.tolist():
     axes[0].axvline(v, color="C3", lw=0.8)
 axes[0].set_title("pretrained tiny-GPT weights / block absmax, with the 16 NF4 values")
-labels = [f"{n.split('.')[0]}.{n.split('.')[-1]}" for n, _ in lora.target_linears(base)] + ["N(0,1) 256²"]
+labels = [n.removeprefix("blocks.") for n, _ in lora.target_linears(base)] + ["N(0,1) 256²"]
 xs = torch.arange(len(labels)).float()
 for i, (name, errs) in enumerate(errors.items()):
     axes[1].bar(xs + 0.27 * (i - 1), errs, width=0.27, label=name)
 axes[1].set_xticks(xs.tolist(), labels, rotation=30, ha="right", fontsize=8)
 axes[1].set_ylabel("‖w − ŵ‖ / ‖w‖")
 axes[1].set_title("4-bit round-trip error per weight matrix (blocks of 64)")
-axes[1].legend(fontsize=8)
+axes[1].set_ylim(0, max(max(e) for e in errors.values()) * 1.3)
+axes[1].legend(fontsize=8, ncol=3, loc="upper center")
 plt.show()
 for name, errs in errors.items():
     print(f"{name:20} mean relative error {sum(errs) / len(errs):.4f}")

@@ -147,13 +147,23 @@ try:
 except NotImplementedError:
     print("Finish exercises 1, 3, 4 and 5 to fine-tune with your layers (peft's run is below).")
 for name, r in runs.items():
-    plt.plot(r["losses"], label=name)
     print(f"{name:22} validation loss {r['before']:.4f} → {r['after']:.4f}  ({r['s']:.1f} s for {steps} steps)")
 if runs:
-    plt.xlabel("step")
-    plt.ylabel("training loss")
-    plt.title(f"fine-tuning the tiny GPT on {lora.FINETUNE_FILE}")
-    plt.legend()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.4), layout="constrained")
+    for name, r in runs.items():
+        ax1.plot(r["losses"], label=name)
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("training loss (one batch per step)")
+    ax1.set_title(f"fine-tuning the tiny GPT on {lora.FINETUNE_FILE}")
+    ax1.legend(fontsize=8)
+    xs = torch.arange(len(runs)).float()
+    ax2.bar(xs - 0.2, [r["before"] for r in runs.values()], width=0.4, label="before", color="C7")
+    ax2.bar(xs + 0.2, [r["after"] for r in runs.values()], width=0.4, label=f"after {steps} steps", color="C2")
+    ax2.set_xticks(xs.tolist(), [n.replace(", ", "\n") for n in runs], fontsize=8)
+    ax2.set_ylim(min(r["after"] for r in runs.values()) * 0.9, max(r["before"] for r in runs.values()) * 1.03)
+    ax2.set_ylabel("validation loss")
+    ax2.set_title("held-out documentation prose: before and after")
+    ax2.legend(fontsize=8)
     plt.show()
 """, "demo_finetune")
 
