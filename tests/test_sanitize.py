@@ -156,24 +156,23 @@ def test_a_cell_that_makes_the_parser_recurse_costs_that_cell_only(name):
         assert problems and ("nested too deeply" in problems[0] or "syntax error" in problems[0]), problems
 
 
-def _fake_worker(result):
-    def run(job, timeout, env=None, compile_budget=None):
-        return dict(result, _seconds=0.1), ""
-    return run
-
-
-def test_a_result_with_null_notes_is_graded(monkeypatch, tmp_path):
-    from effilab.grading import get
+def test_what_a_sandbox_sends_with_null_notes_or_a_surrogate_is_graded():
+    """The grader's side of a part: a note frame with ``notes: None`` or a string, a lone surrogate
+    in the log and in an error, and no case at all — every case fails as not run, nothing crashes."""
+    from effilab.grading import get, wire
+    from effilab.grading.keys import Key
     from grader import verify
-    from grader.course import Course
 
-    ex = get("stochastic_round_bf16")
-    course = Course(root=tmp_path / "course")
-    monkeypatch.setattr(verify, "_run_worker", _fake_worker(
-        {"notes": None, "error": None, "cases": [], "verdict": {"points": 0.5, "max_points": 1.0, "notes": None}}))
-    points, report, _ = verify.verify_part(course, ex, "speed", [], 1, 10.0)
-    assert points == 0.5 and "speed" in report
-    monkeypatch.setattr(verify, "_run_worker", _fake_worker(
-        {"notes": "raised \udc80 in a case", "error": None, "cases": []}))
-    points, report, _ = verify.verify_part(course, ex, "correctness", [], 1, 10.0)
-    assert points == 0 and "raised" in clean_text(report)
+    ex = get("underflow_fraction")
+    key = Key.hidden("secret", ex.name)
+    plan = verify.Plan(0, "underflow_fraction_check", ex, "correctness", 1.0, [], key, ex.cases("hidden", key))
+    for note in ({"notes": None}, {"notes": "raised \udc80 in a case"}, {"notes": [None, 3, "ok \ud800"]}):
+        run = verify.PartRun([(verify.NOTE, wire.dumps(note))], {"status": "ok", "exit": 0, "log": "bad \udc80 log"})
+        r = verify.judge(plan, run, 10.0, 10.0)
+        assert r.points == 0 and "not run" in r.report
+        r.report.encode("utf-8")  # no lone surrogate left: it can be stored and shown
+    run = verify.PartRun([(verify.NOTE, wire.dumps({"error": "bad \udc80 error", "notes": None}))],
+                         {"status": "ok", "exit": 0})
+    r = verify.judge(plan, run, 10.0, 10.0)
+    assert r.points == 0 and "bad" in r.report
+    r.report.encode("utf-8")

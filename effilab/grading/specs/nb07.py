@@ -69,21 +69,29 @@ def _groups(k: int, group_size: int) -> int:
 
 
 def rtn_expected(w: torch.Tensor, bits: int, group_size: int, symmetric: bool):
-    """(q uint8, scale fp32, zero uint8) by the notebook's definitions, computed in fp32."""
-    n, k = w.shape
-    g = _groups(k, group_size)
-    wg = w.float().reshape(n, k // g, g)
+    """(q uint8, scale fp32, zero uint8) by the definitions the notebook states, computed in fp32.
+
+    The judges' own statement of those definitions (exercise 1 is to implement them; the GPTQ and
+    AWQ judges need RTN as their baseline): the grid of each group, then every value's nearest level.
+    """
+    rows, cols = w.shape
+    width = _groups(cols, group_size)
+    groups = w.float().view(rows, cols // width, width)
+    lo_hi = torch.aminmax(groups, dim=-1)
     if symmetric:
-        scale = wg.abs().amax(-1, keepdim=True) / (2 ** (bits - 1) - 1)
-        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-        zero = torch.full_like(scale, 2 ** (bits - 1))
+        qmax = float(2 ** (bits - 1) - 1)
+        step = torch.maximum(lo_hi.max, -lo_hi.min) / qmax
+        offset = torch.full_like(step, qmax + 1)
     else:
-        lo, hi = wg.amin(-1, keepdim=True).clamp(max=0), wg.amax(-1, keepdim=True).clamp(min=0)
-        scale = (hi - lo) / (2 ** bits - 1)
-        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-        zero = torch.round(-lo / scale)
-    q = (torch.round(wg / scale) + zero).clamp(0, 2 ** bits - 1)
-    return q.to(torch.uint8).reshape(n, k), scale.squeeze(-1), zero.squeeze(-1).to(torch.uint8)
+        low, high = torch.clamp(lo_hi.min, max=0.0), torch.clamp(lo_hi.max, min=0.0)
+        step = (high - low) / float(2 ** bits - 1)
+        offset = None
+    step = torch.where(step > 0, step, torch.ones_like(step))  # an all-zero group: scale 1
+    if offset is None:
+        offset = torch.round(torch.neg(low) / step)
+    levels = torch.round(groups / step.unsqueeze(-1)) + offset.unsqueeze(-1)
+    codes = torch.clamp(levels, 0, float(2 ** bits - 1)).to(torch.uint8)
+    return codes.view(rows, cols), step, offset.to(torch.uint8)
 
 
 def dequantize_expected(q, scale, zero, g_idx) -> torch.Tensor:
@@ -115,15 +123,15 @@ def _crafted(s: int, bits: int, symmetric: bool, shape=(6, 64), group_size=32):
     gs = _groups(k, group_size)
     e = torch.randint(-9, -3, (n, k // gs, 1), generator=g).float()
     step = torch.pow(2.0, e)  # the scale of each group, exact
-    top = 2 ** bits - 1
+    levels = 2 ** bits - 1
     if symmetric:
         qmax = 2 ** (bits - 1) - 1
         v = torch.randint(-qmax, qmax + 1, (n, k // gs, gs), generator=g).float()
         v[..., 0] = qmax * torch.where(torch.rand(n, k // gs, generator=g) < 0.5, -1.0, 1.0)  # |max| sets the scale
     else:
-        z = torch.randint(1, top, (n, k // gs, 1), generator=g).float()
-        v = torch.randint(0, top + 1, (n, k // gs, gs), generator=g).float() - z
-        v[..., 0], v[..., 1] = -z[..., 0], top - z[..., 0]  # min and max levels present: scale exact
+        z = torch.randint(1, levels, (n, k // gs, 1), generator=g).float()
+        v = torch.randint(0, levels + 1, (n, k // gs, gs), generator=g).float() - z
+        v[..., 0], v[..., 1] = -z[..., 0], levels - z[..., 0]  # min and max levels present: scale exact
     ties = torch.rand(v.shape, generator=g) < 0.3
     ties[..., :2] = False
     inner = (v > v.amin(-1, keepdim=True)) & (v < v.amax(-1, keepdim=True) - 1)
@@ -242,7 +250,9 @@ def _codes(s: int, shape, top=16) -> torch.Tensor:
 
 
 def _pack_expected(q):
-    return q[..., 0::2] | (q[..., 1::2] << 4)
+    """Two 4-bit codes a byte, the even column in the low nibble (the notebook's layout)."""
+    even, odd = q[..., 0::2].to(torch.int32), q[..., 1::2].to(torch.int32)
+    return (odd * 16 + even).to(torch.uint8)
 
 
 @register
