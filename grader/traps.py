@@ -86,6 +86,13 @@ def _in_tree(modname: str, roots: Iterable[str]) -> bool:
     return any(modname == r or modname.startswith(r + ".") for r in roots)
 
 
+def _asked_by_library(frame) -> bool:
+    """Whether ``frame`` runs code from a real file (a library) rather than notebook code, which the
+    grader and IPython compile under ``<…>`` names (ipykernel: ``/tmp/ipykernel_<pid>/<n>.py``)."""
+    name = frame.f_code.co_filename if frame is not None else "<unknown>"
+    return not name.startswith("<") and "ipykernel_" not in name
+
+
 class _TrapModule(types.ModuleType):
     """Stands in for a forbidden module: dunder probes (``__file__``, ``__path__``) find nothing, so
     ``inspect`` and ``importlib`` keep working; any other attribute raises :class:`ForbiddenError`."""
@@ -97,7 +104,12 @@ class _TrapModule(types.ModuleType):
     def __getattr__(self, attr: str):
         if attr.startswith("__") and attr.endswith("__"):
             raise AttributeError(attr)
-        raise ForbiddenError(object.__getattribute__(self, "_trap_message"))
+        message = object.__getattribute__(self, "_trap_message")
+        if _asked_by_library(sys._getframe(1)):
+            # library code probing every loaded module (pickle.whichmodule when Inductor pickles a
+            # graph, inspect, warnings) expects AttributeError; it gets no attribute either way
+            raise AttributeError(f"{attr!r}: {message}")
+        raise ForbiddenError(message)
 
 
 class _Refuse(importlib.abc.MetaPathFinder):

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import nbformat
 
-from effilab.grading.calls import to_device
+from effilab.grading.calls import device_of, to_device
 
 from .course import Course
 from .extract import cells_for, names_defined, setup_source, solution_cells, static_problems
@@ -383,22 +383,6 @@ def _decode(payload: bytes):
         return Problem(f"your output could not be read by the grader ({type(exc).__name__})")
 
 
-def _device_of(case, default):
-    """Where a case's tensors live in the grader's process: the judge compares the output there."""
-    import torch
-
-    stack = [case.args, case.kwargs]
-    while stack:
-        x = stack.pop()
-        if isinstance(x, torch.Tensor):
-            return x.device
-        if isinstance(x, (list, tuple)):
-            stack.extend(x)
-        elif isinstance(x, dict):
-            stack.extend(x.values())
-    return torch.device("cpu")
-
-
 def _notes(run: PartRun) -> tuple[list[str], str]:
     """The notes and the error a part's sandbox sent, sanitised (grader/sanitize.py)."""
     from .sanitize import clean_notes, clean_text
@@ -441,7 +425,7 @@ def judge(p: Plan, run: PartRun, timeout: float, compile_budget: float) -> PartR
             if (gi, ci) in results or not (0 <= gi < len(p.groups)) or not (0 <= ci < len(p.groups[gi].cases)):
                 continue  # the first output of a case counts; an index that is no case is ignored
             case = p.groups[gi].cases[ci]
-            where = _device_of(case, dev)  # output and expected meet where the case's tensors are
+            where = device_of(case)  # output and expected meet where the case's tensors are
             out = to_device(f.get("output"), where)
             try:
                 expected = None if isinstance(out, Problem) else to_device(expect_case(p.ex, case), where)

@@ -133,7 +133,9 @@ def run_part(part: dict, fd: int, scratch: str) -> None:
         _send(fd, NOTE, {"error": f"your code replaced {', '.join(tampered[:5])}: graded parts may not patch the grader"})
         return
     if not callable(fn):
-        _send(fd, NOTE, {"error": f"`{ex.name}` is not defined by your solution cells; define it as: {ex.signature}",
+        raised = [n for n in notes if " raised " in n][:1]  # why it is missing, when a cell failed
+        _send(fd, NOTE, {"error": f"`{ex.name}` is not defined by your solution cells"
+                                  + (f" ({raised[0][:400]})" if raised else "") + f"; define it as: {ex.signature}",
                          "notes": notes})
         return
     if notes:

@@ -119,7 +119,9 @@ def graded(tmp_path_factory, make_graded):
     ren.cells[index(ren, "round_to_bf16_solution")].metadata["nbgrader"]["grade_id"] = "my_round"
     for student, nb in (("dup", dup), ("ren", ren)):
         nbformat.write(nb, str(src / f"{student}_{A}.ipynb"))
-    return make_graded(root, [A], sources=[str(src)], expect=2), (dup, ren)
+    # execute=False: nbgrader's own run of notebook 01 is covered by the examples round trip; the
+    # repairs and the scores here come from the grader's out-of-notebook run alone
+    return make_graded(root, [A], sources=[str(src)], expect=2, execute=False), (dup, ren)
 
 
 @pytest.mark.slow

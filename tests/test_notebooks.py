@@ -89,3 +89,22 @@ def test_student_edition_notebooks_run_unsolved(edition):
         checks = [t for g, t in ex.outputs.items() if g.endswith("_check")]
         assert checks and all("not filled in yet" in t or "not a function" in t for t in checks)
         assert str(edition) in ex.outputs.get("setup_imports", "") or True
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
+def test_graded_cells_reach_nothing_the_sandbox_forbids(path):
+    """Setup and solution cells run again in the grading sandbox, where the grader, the specs and the
+    instructor-only modules are trapped (grader/traps.py): a helper they import from there makes
+    every setup line after it fail, so the helpers a notebook uses live in the public package."""
+    from effilab.grading.nbcode import code_cells
+    from grader.traps import ALWAYS
+
+    nb = nbformat.read(str(path), as_version=4)
+    for idx, src in code_cells(nb):
+        for line in src.splitlines():
+            words = line.replace(",", " ").split()
+            if words[:1] in (["import"], ["from"]) and len(words) > 1:
+                mod = words[1]
+                bad = [a for a in ALWAYS if mod == a or mod.startswith(a + ".")]
+                assert not bad, f"cell {idx} of {path.name}: {line.strip()!r} imports {bad[0]}, which the sandbox " \
+                                "forbids; import the helper from the public package (effilab.memory, effilab.bench, …)"

@@ -6,6 +6,7 @@ Student code is exec'd after the traps are armed, as in the grading worker. This
 functions and classes only (never a module it might trap), since the alias scan rewrites the
 namespaces of untrusted modules — this one included.
 """
+import sys
 import textwrap
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from effilab.grading import core
 from effilab.grading.nbcode import exec_cells, solution_namespace
 from effilab.grading.provenance import checked, kernel_rule
 from grader.traps import ALWAYS, COMPILERS, ForbiddenError, arm, names_for
+import grader.verify  # noqa: F401,E402  (loaded before any trap is armed, as in a full test run)
 
 ROOT = Path(__file__).resolve().parents[1]
 NB01 = ROOT / "solutions" / "01_float_formats.ipynb"
@@ -64,7 +66,8 @@ ROUTES = {
     "a submodule of a forbidden module": "importlib.import_module('effilab.ops.rmsnorm').rms_norm",
     "a forbidden module as a package attribute": "effilab.ops.rms_norm",
     "reloading a forbidden module": "importlib.reload(sys.modules['effilab.ops'])",
-    "the grader": "importlib.import_module('grader.verify')",
+    "the grader": "importlib.import_module('grader.verify').verify_notebook",
+    "the grader, imported anew": "importlib.import_module('grader.' + 'wire_never_loaded')",
     "the checker's specs": "importlib.import_module('effilab.grading.specs.nb08').rms_norm_eager",
 }
 
@@ -88,6 +91,28 @@ def test_every_route_to_a_forbidden_name_fails(rms_traps, route):
 def test_a_cell_reaching_a_forbidden_name_fails_when_it_runs(rms_traps, cell):
     with pytest.raises(ForbiddenError, match="forbidden in the rms_norm exercise"):
         student(cell)
+
+
+def test_the_grader_is_trapped_whether_or_not_it_was_loaded_before(rms_traps):
+    assert "grader.verify" in sys.modules  # loaded before the traps (top of this file), as in a full run
+
+    with pytest.raises(ForbiddenError, match="forbidden in the rms_norm exercise"):
+        student("import importlib\nimportlib.import_module('grader.verify').verify_notebook")
+    with pytest.raises(ForbiddenError, match="forbidden in the rms_norm exercise"):
+        student("from grader import verify")
+
+
+def test_library_code_probing_every_module_gets_attribute_error(rms_traps):
+    """pickle.whichmodule (Inductor pickles graphs on a GPU) walks sys.modules with getattr; from
+    library code a trapped module answers AttributeError, so the walk goes on — and finds nothing."""
+    import pickle
+
+    def orphan():
+        pass
+    orphan.__module__ = None
+    orphan.__qualname__ = "no_such_function_anywhere"
+    assert pickle.whichmodule(orphan, orphan.__qualname__) == "__main__"
+    assert not hasattr(sys.modules["grader"], "verify")
 
 
 def test_other_library_code_keeps_working(rms_traps):

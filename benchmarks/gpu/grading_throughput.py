@@ -62,6 +62,7 @@ def main(argv=None) -> int:
                 + "   phases " + " ".join(f"{k} {v:.1f}s" for k, v in row["phases"].items()), flush=True)
             for gid, rep in row["reports"].items():
                 print(f"    --- {gid}: " + rep[:900].replace("\n", "\n    "), flush=True)
+            (out / "grading_throughput.json").write_text(json.dumps(rows, indent=1))  # kept if the run is cut
     later = [r["seconds"] for r in rows if not r["first"]] or [r["seconds"] for r in rows]
     every = [r["seconds"] for r in rows]
     print(f"seconds per student notebook: mean {statistics.mean(every):.1f}, max {max(every):.1f} (all); "

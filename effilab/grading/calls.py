@@ -169,6 +169,31 @@ def as_float(out, what: str = "one number") -> float | Problem:
     return Problem(f"return {what} (a float), got {type(out).__name__}")
 
 
+def device_of(case, default=None) -> torch.device:
+    """Where a case's tensors live (the first one found in its args and kwargs; CPU if none): the
+    grader judges an output there, wherever the student's code ran."""
+    stack = [case.args, case.kwargs]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, torch.Tensor):
+            return x.device
+        if isinstance(x, (list, tuple)):
+            stack.extend(x)
+        elif isinstance(x, dict):
+            stack.extend(x.values())
+    return torch.device("cpu")
+
+
+def on_device(case, dev):
+    """A copy of ``case`` with its args' and kwargs' tensors on ``dev``: what the student's code is
+    given on this machine (the sandbox does the same with the grader's CPU copy of each case)."""
+    from copy import copy
+
+    moved = copy(case)
+    moved.args, moved.kwargs = to_device(case.args, dev), to_device(case.kwargs, dev)
+    return moved
+
+
 def to_device(obj, dev):
     """``obj`` with every tensor inside lists, tuples and dicts moved to ``dev``."""
     if isinstance(obj, torch.Tensor):

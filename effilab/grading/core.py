@@ -265,11 +265,18 @@ def _threads(ex: Exercise):
 
 def check_correctness(ex: Exercise, fn: Callable, suite: str, key: Key) -> Verdict:
     """Every step in this process (the self-check and the tests): cases, run, expect, judge, score."""
+    from .calls import device_of, on_device, to_device
+
     groups = ex.cases(suite, key)
+    dev = default_device()
     results: dict[tuple[int, int], CaseResult] = {}
     for gi, g in enumerate(groups):
         for ci, case in enumerate(g.cases):
-            out = run_case(ex, fn, case)
+            # as the grader does: the student's code gets the case on this machine's device, the
+            # judge sees the output where the case was built (grader/zygote.py, grader/verify.py)
+            out = run_case(ex, fn, on_device(case, dev))
+            if not isinstance(out, Problem):
+                out = to_device(out, device_of(case))
             r = judge_case(ex, out, case, expect_case(ex, case) if not isinstance(out, Problem) else None)
             results[(gi, ci)] = r
             if not r.ok:

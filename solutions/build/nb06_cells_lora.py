@@ -54,6 +54,17 @@ GPU = DEV.type == "cuda"
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # True on a CPU: small demos, few fat programs
 NF4_TABLE = nf4.nf4_code()          # the 16 NF4 values (float32, sorted): code c decodes to NF4_TABLE[c]
 DYNAMIC_TABLE = nf4.dynamic_code()  # the 256 sorted values of the 8-bit "dynamic" code (double quantization)
+_COPIES = {}
+
+
+def on_device(table: torch.Tensor, dev) -> torch.Tensor:
+    '''`table` on `dev`, copied once: a `.to(dev)` per call is a blocking host-to-device copy.'''
+    key = (id(table), str(dev))
+    if key not in _COPIES:
+        _COPIES[key] = table.to(dev)
+    return _COPIES[key]
+
+
 if not GPU:
     torch.set_num_threads(1)  # the tiny models here run faster (and reproducibly) on one CPU thread
 print(device.info().summary())

@@ -114,16 +114,17 @@ def gptq_quantize(W: torch.Tensor, X: torch.Tensor, bits: int = 4, group_size: i
     dead = H.diagonal() == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
-    perm = torch.argsort(H.diagonal(), descending=True) if act_order else torch.arange(k)
+    perm = torch.argsort(H.diagonal(), descending=True) if act_order else torch.arange(k, device=W.device)
     W, H = W[:, perm], H[perm][:, perm]
     H.diagonal().add_(damp * H.diagonal().mean())
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
-    q = torch.zeros(n, k)
-    scales, zeros = torch.zeros(n, k // g), torch.zeros(n, k // g)
+    dev = W.device
+    q = torch.zeros(n, k, device=dev)
+    scales, zeros = torch.zeros(n, k // g, device=dev), torch.zeros(n, k // g, device=dev)
     top = 2 ** bits - 1
     for i1 in range(0, k, block_size):
         i2 = min(i1 + block_size, k)
-        W1, Hinv1, Err1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2], torch.zeros(n, i2 - i1)
+        W1, Hinv1, Err1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2], torch.zeros(n, i2 - i1, device=dev)
         for i in range(i2 - i1):
             j = i1 + i
             if j % g == 0:                       # a new group: parameters of the weights as they are now
@@ -140,7 +141,7 @@ def gptq_quantize(W: torch.Tensor, X: torch.Tensor, bits: int = 4, group_size: i
             Err1[:, i] = err
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]     # lazy batch update of the columns after the block
     inv = torch.argsort(perm)
-    g_idx = (torch.arange(k) // g)[inv]
+    g_idx = (torch.arange(k, device=dev) // g)[inv]
     return q[:, inv].to(torch.uint8), scales, zeros.to(torch.uint8), g_idx
     ### END SOLUTION
 '''

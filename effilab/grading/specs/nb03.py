@@ -430,8 +430,10 @@ class CheckpointedBlocks(Exercise):
                       meta=dict(L=16, segs=reference_segments(16), s=0)),
             cpu_note=f"On a GPU a checkpointed training step may take at most {1 + TIME_OVERHEAD:.2f}× the plain one "
                      f"({GPU_PRESET}, √L segments).",
-            advice="checkpoint whole segments (one recomputation per block, not more); avoid extra copies or "
-                   ".item() syncs in your checkpoint")
+            advice="checkpoint whole segments (one recomputation per block, not more); recompute under the "
+                   "forward's autocast state (save torch.is_autocast_enabled / get_autocast_dtype in ctx: backward "
+                   "runs outside the caller's autocast, and an fp32 recomputation is several times slower); avoid "
+                   "extra copies or .item() syncs in your checkpoint")
 
 
 def _loose_compare(got, want) -> str | None:

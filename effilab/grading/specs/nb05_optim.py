@@ -42,16 +42,21 @@ _reference_step = quantized_adamw_step
 #: AdamW (no quantization) 5.6e-3 – 1.5e-2 — and every other classic mistake (no bias correction,
 #: moments requantized before the update, L2 instead of decoupled decay) ≥ 0.1. 1.5e-3 sits between.
 ADAM_TOL = 1.5e-3
+# bf16 parameters (GPU cases only): the reference solution on the H200 (2026-12-02, benchmarks/RESULTS.md)
+# was 1.86e-3 off after step 2 on 3000 values — an 8-bit code picked on the other side of a midpoint
+# changes that value's update by a code step, and bf16's 8-bit mantissa rounds p across a boundary.
+ADAM_TOL_BF16 = 4e-3
 #: The dequantized 8-bit moments after the last step, relative norm error against the reference's:
 #: near-tie codes of a correct kernel move it by < 1e-4, v quantized with the signed map by ≈ 1.
 STATE_TOL = 1e-2
 MAX_STATE_BYTES = 2.05  # per parameter: 2 bytes of codes + 8 bytes of absmax per 256 values = 2.031
 ADAM_SPEED_N = 1 << 28  # fp32 parameters of the timed step (1 GiB)
-ADAM_SPEED_THRESHOLD = 2.0  # × bitsandbytes AdamW8bit.step(); to calibrate on the H200 (benchmarks/gpu/nb05.sh);
+ADAM_SPEED_THRESHOLD = 1.6  # × bitsandbytes AdamW8bit.step(); H200, 2026-12-02: the reference 2.05× (3.72 vs 7.62 ms,
+# one run; benchmarks/RESULTS.md), so 1.6× leaves a 28 % margin;
 # issue #10: bnb 37.0 ms per 1.07 B params (11 % of its byte floor), the reference kernel's target ≥ 7×
 ADAM_MEMORY_N = 1 << 26
 ADAM_MEMORY_FRACTION = 1 / 16  # extra peak ≤ this × the fp32 parameter bytes (0.25 B/param; fp32 copies of m and v: 2×);
-# to calibrate on the H200 (benchmarks/gpu/nb05.sh): a fused kernel should allocate ~0
+# H200, 2026-12-02: the reference's step allocated 2 KiB of the 16 MiB budget
 ADAM_JUDGED = 1 << 16  # the memory part's result is judged on its first 256 blocks
 #: Adafactor: relative error of each tensor's total update after every step (float32 op order only).
 ADAFACTOR_TOL = 1e-4
@@ -132,7 +137,7 @@ def _trajectory_problem(out: dict, case: Case, ref_traj) -> CaseResult | None:
         if not isinstance(mine, torch.Tensor) or mine.shape != ref.shape or mine.dtype != ref.dtype:
             return CaseResult(False, f"after step {t} param is {getattr(mine, 'dtype', '?')} "
                                      f"{tuple(getattr(mine, 'shape', ()))}; it must keep its dtype and shape")
-        mine64 = mine.double()
+        mine64 = mine.detach().cpu().double()  # the reference ran on the CPU
         if bool(torch.isnan(mine64).any()) or bool(torch.isinf(mine64).any()):
             return CaseResult(False, f"after step {t} param holds NaN or inf",
                               "the update must read the fp32 moments (before requantization): a v that "
@@ -142,10 +147,11 @@ def _trajectory_problem(out: dict, case: Case, ref_traj) -> CaseResult | None:
             return CaseResult(False, "param did not change in the first step",
                               "update param in place: your kernel must store the new values into param's memory")
         err = _rel(d_mine, d_ref)
-        if not err <= ADAM_TOL:
+        tol = ADAM_TOL_BF16 if mine.dtype == torch.bfloat16 else ADAM_TOL
+        if not err <= tol:
             ratio = float(d_mine.norm() / d_ref.norm().clamp_min(1e-30))
             return CaseResult(False, f"after step {t} your total update Δp is off bitsandbytes' 8-bit AdamW by "
-                                     f"{err:.3g} (relative, ‖Δyours − Δref‖/‖Δref‖; allowed {ADAM_TOL:g}); "
+                                     f"{err:.3g} (relative, ‖Δyours − Δref‖/‖Δref‖; allowed {tol:g}); "
                                      f"‖Δyours‖/‖Δref‖ = {ratio:.4g}", _adam_hint(t, ratio, case.args[4]))
     return None
 

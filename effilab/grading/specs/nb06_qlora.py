@@ -57,6 +57,11 @@ FUSED_SPEED_THRESHOLD = 1.3
 FUSED_SPEED_SHAPE = (16384, 768, 3072, 16)  # (M tokens, K = d_in, N = d_out, r)
 FUSED_VIEW_ROWS = 256  # rows of the timed output judged (drawn after the call)
 FUSED_TOL = {torch.float32: (2e-3, 2e-3), torch.float16: (5e-3, 5e-3), torch.bfloat16: (3e-2, 2e-2)}  # (rtol, atol / rms)
+# fp32 on a GPU: tl.dot's default input precision there is TF32 (10-bit mantissa). The reference solution
+# on the H200 (2026-12-02, benchmarks/RESULTS.md) exceeded the CPU tolerance on 129 of 3.1M values at
+# K = 768, by about 2.5e-3·rms; 1e-2·rms leaves room for TF32 and stays far below a missing mask or
+# scaling (errors of the order of the rms).
+FUSED_TOL_TF32 = (1e-2, 1e-2)
 
 _FORBIDDEN = ("bitsandbytes", "peft", "effilab.nf4.bnb_quantize", "effilab.nf4.bnb_dequantize",
               "effilab.nf4.bnb_round_trip", "effilab.lora.peft_lora")
@@ -542,7 +547,8 @@ class FusedLoRALinear(Exercise):
         if tuple(out.shape) != want or out.dtype != x.dtype:
             return f"your output is {tuple(out.shape)} {out.dtype}; expected {want} {x.dtype}"
         ref = fused_reference(*case.args)
-        rtol, atol = FUSED_TOL[x.dtype]
+        on_gpu = default_device().type == "cuda"  # where the cases ran (they are built on the CPU)
+        rtol, atol = FUSED_TOL_TF32 if on_gpu and x.dtype == torch.float32 else FUSED_TOL[x.dtype]
         rms = float(ref.pow(2).mean().sqrt()) if ref.numel() else 1.0
         return compare_tensors(out.to(ref.device).double(), ref, rtol=rtol, atol=atol * rms,
                                name="output (vs x Wᵀ + b + s (x Aᵀ) Bᵀ in float64)")

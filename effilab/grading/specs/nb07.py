@@ -40,7 +40,9 @@ AWQ_VS_RTN = 1.0 + 1e-6  # α = 0 is RTN, so a search that includes it can never
 # RTN-4 g128 is already within 0.004 (0.1 %) of fp16's perplexity 3.826 (24 held-out windows), the
 # noise level of a 3k-token evaluation across calibration seeds; GPTQ-4 measured −0.002 (seed 0).
 PPL_GAP_3BIT = 0.75  # GPTQ-3 g128 gap ≤ 0.75× RTN-3 g128 gap; measured 0.32× (calibration seed 0) and 0.57× (seed 3), CPU
-W4A16_SPEED_THRESHOLD = 1.5  # to calibrate on the H200 (benchmarks/gpu/nb07.sh); the brief's target is ≥ 2.3×
+# × the bf16 dense matmul. H200, 2026-12-02: the reference kernel reached only 0.47× (43 vs 20 µs, 205 GB/s): it is
+# below this threshold and must be tuned (split-K GEMV) before the threshold is final; the brief's target is ≥ 2.3×
+W4A16_SPEED_THRESHOLD = 1.5
 W4A16_SPEED_SHAPE = (1, 4096, 4096)  # (M, N, K), group 128, bf16 activations
 W4A16_TOL = {torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 2e-2}  # × (|y| + rms(y))
 
@@ -92,6 +94,30 @@ def rtn_expected(w: torch.Tensor, bits: int, group_size: int, symmetric: bool):
     levels = torch.round(groups / step.unsqueeze(-1)) + offset.unsqueeze(-1)
     codes = torch.clamp(levels, 0, float(2 ** bits - 1)).to(torch.uint8)
     return codes.view(rows, cols), step, offset.to(torch.uint8)
+
+
+def _tied_zeros(w, es, ez, zero, group_size: int, symmetric: bool) -> torch.Tensor:
+    """The expected zeros, with the student's accepted where −lo/scale is within 1e-4 of a half-step.
+
+    A scale 1 ulp away (a GPU divides by a constant as a multiplication by its reciprocal) moves
+    −lo/scale across such a tie, and both roundings are right; the codes then follow that zero.
+    """
+    if symmetric:
+        return ez
+    n, k = w.shape
+    width = _groups(k, group_size)
+    low = torch.clamp(w.float().view(n, k // width, width).amin(-1), max=0.0)
+    real = torch.neg(low) / es
+    tie = ((real - real.floor() - 0.5).abs() < 1e-4) & ((zero.int() - ez.int()).abs() == 1)
+    return torch.where(tie, zero, ez)
+
+
+def _codes_with(w, es, ez, bits: int, group_size: int) -> torch.Tensor:
+    """The codes of ``w`` on the grid (scale ``es``, zero ``ez``): round(w / scale) + zero, clamped."""
+    n, k = w.shape
+    width = _groups(k, group_size)
+    levels = torch.round(w.float().view(n, k // width, width) / es.unsqueeze(-1)) + ez.float().unsqueeze(-1)
+    return torch.clamp(levels, 0, float(2 ** bits - 1)).to(torch.uint8).view(n, k)
 
 
 def dequantize_expected(q, scale, zero, g_idx) -> torch.Tensor:
@@ -198,9 +224,16 @@ class QuantizeRTN(Exercise):
             if bad:
                 return bad
         eq, es, ez = rtn_expected(w, bits, group_size, symmetric)
-        bad = compare_tensors(scale, es, rtol=1e-6, atol=0.0, name="scale") or compare_tensors(zero, ez, name="zero")
+        bad = compare_tensors(scale, es, rtol=1e-6, atol=0.0, name="scale")
         if bad:
             return bad
+        zero, w, q = zero.cpu(), w.cpu(), q.cpu()
+        eq, es, ez = eq.cpu(), es.cpu(), ez.cpu()
+        ez = _tied_zeros(w, es, ez, zero, group_size, symmetric)
+        bad = compare_tensors(zero, ez, name="zero")
+        if bad:
+            return bad
+        eq = _codes_with(w, es, ez, bits, group_size)
         wrong = q != eq
         if wrong.any():  # a random weight within 1e-4 of a half-step may round either way with a 1-ulp scale
             gi = _g_idx(k, group_size)
@@ -323,7 +356,7 @@ class UnpackInt4(Exercise):
 def w4a16_expected(x, qweight, scales, zeros, group_size) -> torch.Tensor:
     """fp32 reference: unpack, dequantize, x @ Ŵᵀ."""
     q = torch.stack([qweight & 15, qweight >> 4], -1).reshape(qweight.shape[0], -1)
-    w = dequantize_expected(q, scales, zeros, _g_idx(q.shape[1], group_size))
+    w = dequantize_expected(q.cpu(), scales.cpu(), zeros.cpu(), _g_idx(q.shape[1], group_size))
     return x.float().cpu() @ w.T
 
 

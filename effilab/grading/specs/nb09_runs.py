@@ -409,7 +409,7 @@ def _judge_params(out, expected, loose) -> str | None:
     # correct runs, so a few elements may differ by up to 2·lr per step
     frac = 0.02 if loose else 1e-3
     for n, p, r in zip(expected["names"], out["params"], expected["params"]):
-        d = (p - r).abs()
+        d = (p.to(r.device) - r).abs()  # the grader moves outputs to its device; the reference may be elsewhere
         off = d > 2e-4 + 1e-4 * r.abs()
         if off.float().mean() > frac or bool((d > 2.5 * STEP_LR * STEPS).any()):
             return (f"after {STEPS} steps {n} differs from the eager step's in {int(off.sum())} of {p.numel()} values "
