@@ -8,11 +8,18 @@ VENV   ?= .venv
 TORCH  ?= torch
 PY      = $(VENV)/bin/python
 PYTEST_ARGS ?=
+# JupyterLab refuses to start as root (Docker, many cloud VMs) unless told: say it for root only
+USER_ID ?= $(shell id -u)
+LAB_ARGS ?= $(if $(filter 0,$(USER_ID)),--allow-root,)
 
-.PHONY: lab test test-fast release publish clean
+.PHONY: lab grader test test-fast release publish clean
 
 lab: $(VENV)/.installed
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $(LAB_ARGS)
+
+# Instructor commands in the course's venv: make grader ARGS="autograde -a 01_float_formats"
+grader: $(VENV)/.installed
+	$(PY) -m grader $(ARGS)
 
 test: $(VENV)/.installed
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" MPLBACKEND=Agg $(PY) -m pytest $(PYTEST_ARGS)

@@ -116,9 +116,9 @@ def publish(course: Course, out: Path, force: bool = False, log=print) -> Path:
         dst = out / "effilab" / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(p, dst)
-    for name in ("README.md", "pyproject.toml", "Makefile"):
+    for name in ("README.md", "pyproject.toml", "Makefile", "environment.yml", ".gitignore"):
         shutil.copyfile(STUDENT_FILES / name, out / name)
-    for name in ("environment.yml", "LICENSE"):
+    for name in ("LICENSE",):
         if (course.repo / name).exists():
             shutil.copyfile(course.repo / name, out / name)
     problems = leaks(course, out)

@@ -152,3 +152,38 @@ def test_decompose_inputs_are_big_enough():
     assert len({c.args[1].name for g in groups for c in g.cases}) == len(FORMATS)
     assert all(len(g.cases) >= 5 for g in groups)
     assert all(c.args[0].numel() >= 65536 for g in groups for c in g.cases)
+
+
+def test_an_unsolved_exercise_says_its_cause_once():
+    def unsolved(*args, **kwargs):
+        raise NotImplementedError("write decompose")
+
+    v = check("decompose", unsolved, verbose=False)
+    text = v.report()
+    assert v.points == 0 and len(v.groups) >= 3
+    assert text.count("raised NotImplementedError") == 1 and text.count("hint:") == 1, text
+    assert text.count("the same failure as above") == len(v.groups) - 1, text
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.is_available(),
+                    reason="Triton's interpreter (a CPU) wraps kernel errors; a GPU reports them at compile time")
+def test_an_error_in_a_kernels_body_names_the_kernel_line():
+    import linecache
+
+    import triton
+    import triton.language as tl
+
+    from effilab.grading.calls import describe_exception
+
+    src = ("@triton.jit\ndef bad_kernel(x_ptr, n, BLOCK: tl.constexpr):\n    offs = tl.arange(0, BLOCK)\n"
+           "    x = tl.load(x_ptr + offs, mask=offs < n)\n    tl.store(x_ptr + offs, tl.sum(x, axis=5), mask=offs < n)\n"
+           "\ndef launch(x):\n    bad_kernel[(1,)](x, x.numel(), BLOCK=16)\n    return x\n")
+    name = "<your cell bad_kernel>"
+    linecache.cache[name] = (len(src), None, src.splitlines(True), name)
+    ns = {"triton": triton, "tl": tl}
+    exec(compile(src, name, "exec"), ns)
+    with pytest.raises(Exception) as info:
+        ns["launch"](torch.zeros(16))
+    msg, _ = describe_exception(info.value)
+    assert msg.startswith("your function raised ValueError inside your Triton kernel: axis 5"), msg
+    assert msg.splitlines()[-1].strip().startswith("in bad_kernel (your notebook, line 5): tl.store("), msg

@@ -177,3 +177,12 @@ def test_loss_scale_naive_floor_fails_on_the_edge():
 def test_loss_scale_returning_the_exponent_is_caught(ref):
     v = check("max_safe_loss_scale", lambda g: math.log2(ref["max_safe_loss_scale"](g)), verbose=False)
     assert v.points == 0
+
+
+def test_a_wrong_result_for_a_nan_input_says_a_nan_is_allowed():
+    from effilab.grading.specs.nb01 import _allowed
+
+    nan, one = torch.tensor(float("nan")), torch.tensor(1.0 + 2 ** -10)
+    assert _allowed(nan, torch.tensor(0x7F80), torch.tensor(0x7F81)) == "allowed: a NaN (any payload)"
+    assert _allowed(one, torch.tensor(0x3F80), torch.tensor(0x3F81)) == "allowed 0x3F80 or 0x3F81"
+    assert _allowed(torch.tensor(1.0), torch.tensor(0x3F80), torch.tensor(0x3F80)) == "allowed 0x3F80"

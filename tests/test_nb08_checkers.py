@@ -92,3 +92,22 @@ def test_count_bytes_shows_eager_rmsnorm_moves_ten_times_the_fused_bytes():
     assert torch.equal(y, rms_norm_eager(x, w))
     eager = sum(o.total for o in ops)
     assert len(ops) >= 6 and eager >= 8 * (2 * x.numel() * 2)
+
+
+def test_swiglu_large_inputs_stay_within_their_label():
+    """'|a| up to 80': beyond it exp(-a) overflows fp32 and a correct kernel prints overflow warnings."""
+    from effilab.grading.specs.nb08 import _swiglu_inputs
+
+    for s in range(5):
+        a, b = _swiglu_inputs(s, (1823, 781), torch.float32, "cpu", big=True)
+        assert float(a.abs().max()) == 80.0 and float(b.abs().max()) < 10
+
+
+@pytest.mark.parametrize("suite,seed", [("public", 0), ("hidden", 12345), ("hidden", 777)])
+def test_cross_entropy_without_the_rescale_fails_the_online_softmax_group_on_every_key(suite, seed):
+    """The group whose hint is the rescale must catch its omission for any course secret: each row's
+    max sits in its last chunk, so the running max always grows after the first one."""
+    ns = variant("cross_entropy_solution", "d = d * tl.exp(m - m_safe) + tl.sum(", "d = d + tl.sum(")
+    v = check("cross_entropy", ns["cross_entropy"], suite=suite, seed=seed, verbose=False)
+    assert 2 in failed(v), v.report()
+    assert "rescale" in v.groups[2].hint

@@ -250,10 +250,23 @@ def mutated(before, after, path="input") -> str | None:
 _LIBRARY_DIRS = tuple(os.sep + d + os.sep for d in ("effilab", "torch", "triton", "grader"))
 
 
+def _chain(exc: BaseException, depth: int = 6) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from, outermost first (Triton's interpreter re-raises
+    an error of the kernel's body as an InterpreterError *from* it: the kernel's line is inside)."""
+    out: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and len(out) < depth and all(e is not o for o in out):
+        out.append(e)
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    return out
+
+
 def _student_traceback(exc: BaseException, limit: int = 3) -> str:
-    """The last frames of an exception that are not effilab's, torch's or triton's own."""
-    frames = traceback.extract_tb(exc.__traceback__)
+    """The last frames, along the whole chain of causes, that are not effilab's, torch's or
+    triton's own: the innermost is the kernel line when the kernel's body failed."""
+    frames = [f for e in _chain(exc) for f in traceback.extract_tb(e.__traceback__)]
     mine = [f for f in frames if not any(s in (f.filename or "") for s in _LIBRARY_DIRS)]
+    mine = [f for i, f in enumerate(mine) if i == 0 or (f.filename, f.lineno) != (mine[i - 1].filename, mine[i - 1].lineno)]
     out = []
     for f in mine[-limit:]:
         where = "your notebook" if f.filename.startswith("<") or "ipykernel" in f.filename else f.filename
@@ -269,10 +282,14 @@ def describe_exception(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, NotImplementedError) or "NotImplementedError" in repr(exc):
         return ("your function raised NotImplementedError: the exercise is not filled in yet",
                 "replace `raise NotImplementedError()` with your implementation, run that cell, then this one")
+    root = exc
+    if type(exc).__name__ == "InterpreterError":  # name the error of the kernel's body, not its wrapper
+        root = _chain(exc)[-1]
+    where = " inside your Triton kernel" if root is not exc else ""
     try:
-        text = f"your function raised {type(exc).__name__}: {str(exc).strip()[:600]}"
+        text = f"your function raised {type(root).__name__}{where}: {str(root).strip()[:600]}"
     except Exception:  # an exception whose __str__ raises
-        text = f"your function raised {type(exc).__name__}"
+        text = f"your function raised {type(root).__name__}{where}"
     tb = _student_traceback(exc)
     if tb:
         text += "\n" + tb

@@ -101,6 +101,7 @@ class GroupResult:
     n_cases: int
     message: str = ""  # the first failure, fully described
     hint: str = ""
+    cause: str = ""  # the message without its case's label: equal causes are reported once
 
 
 @dataclass
@@ -124,9 +125,13 @@ class Verdict:
         mark = "PASS" if self.passed else ("PARTIAL" if self.points > 0 else "FAIL")
         what = self.part if self.suite == "public" else f"{self.part}, {self.suite} tests"
         lines = [f"{self.exercise} [{what}]: {mark} — {self.points:g} / {self.max_points:g} points"]
+        said: set = set()
         for g in self.groups:
             lines.append(f"  {'✓' if g.passed else '✗'} {g.name}")
-            if not g.passed:
+            if not g.passed and g.cause and (g.cause, g.hint) in said:
+                lines.append("      the same failure as above")  # e.g. an unsolved exercise: said once
+            elif not g.passed:
+                said.add((g.cause, g.hint))
                 lines += ["      " + ln for ln in g.message.rstrip().splitlines()]
                 if g.hint:
                     lines.append(f"      hint: {g.hint}")
@@ -171,7 +176,7 @@ def score(ex: "Exercise", groups: list[Group], results: dict[tuple[int, int], Ca
     max_pts = float(ex.points.get("correctness", 0.0))
     out = []
     for gi, g in enumerate(groups):
-        message, hint = "", ""
+        message, hint, cause = "", "", ""
         for ci, case in enumerate(g.cases):
             r = results.get((gi, ci))
             if r is None:
@@ -179,8 +184,9 @@ def score(ex: "Exercise", groups: list[Group], results: dict[tuple[int, int], Ca
             elif not r.ok:
                 message, hint = r.problem, r.hint
             if message:
+                cause = message.removeprefix(f"{case.label}: ")
                 break
-        out.append(GroupResult(g.name, not message, len(g.cases), message, (hint or g.hint) if message else ""))
+        out.append(GroupResult(g.name, not message, len(g.cases), message, (hint or g.hint) if message else "", cause))
     pts = round(max_pts * sum(r.passed for r in out) / max(1, len(out)), 2)
     return Verdict(ex.name, "correctness", pts, max_pts, out, notes=list(notes or []), suite=suite)
 

@@ -67,7 +67,7 @@ print(f"compiling took {rms_compile_s:.1f} s and saves {eager_ms - comp_ms:.3f} 
 add(md(r"""
 On an H100 the nb08 benchmarks measured this exactly: for a 16384×4096 bf16 RMSNorm forward the
 hand-written Triton kernel took 0.094 ms, `torch.compile` of the eager formula 0.095 ms (both ~95 %
-of copy bandwidth), eager `F.rms_norm` 0.118 ms (`benchmarks/results/ops/summary.md`). For a
+of copy bandwidth), eager `F.rms_norm` 0.118 ms (the course's operator benchmarks). For a
 pointwise-plus-reduction chain, Inductor is as good as a careful hand kernel. Where it is not —
 the online softmax over a 128k vocabulary, flash attention, a kernel with its own tiling — you
 keep your kernel and make it visible to the compiler.
@@ -311,8 +311,8 @@ second block's call pass and nothing compiles again. Compile time stops growing 
 price is that nothing fuses across block boundaries, which for a residual stream costs little.
 Below, the time Dynamo alone takes to capture a GPT forward, whole or per block, for growing depth
 (the cheapest stage: AOTAutograd and Inductor's code generation grow with the graph the same way
-and multiply these seconds; `benchmarks/gpu/nb09_modes.py` measures the full compile of `gpu-real`
-both ways on a GPU):
+and multiply these seconds; the course's GPU benchmarks measure the full compile of `gpu-real`
+both ways):
 """, "md_regional"))
 
 add(code(r"""

@@ -298,6 +298,13 @@ def _unbiased_values(s: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, frac.double() / 65536.0
 
 
+def _allowed(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> str:
+    """What a stochastic rounding of ``x`` may return: a NaN for a NaN, else its one or two bf16 neighbours."""
+    if bool(torch.isnan(x)):
+        return "allowed: a NaN (any payload)"
+    return f"allowed 0x{int(lo):04X}" + ("" if int(lo) == int(hi) else f" or 0x{int(hi):04X}")
+
+
 @register
 class StochasticRoundBF16(Exercise):
     name = "stochastic_round_bf16"
@@ -368,8 +375,8 @@ class StochasticRoundBF16(Exercise):
             if int(bad.sum()):
                 flat = bad.reshape(-1).nonzero().flatten()[:5].tolist()
                 xf, of, lof, hif = xc.reshape(-1), oc.reshape(-1), lo.reshape(-1), hi.reshape(-1)
-                rows = [f"  x[{i}] = {format_value(xf[i])}: yours {format_value(of[i])}, allowed 0x{int(lof[i]):04X}"
-                        + ("" if lof[i] == hif[i] else f" or 0x{int(hif[i]):04X}") for i in flat]
+                rows = [f"  x[{i}] = {format_value(xf[i])}: yours {format_value(of[i])}, " + _allowed(xf[i], lof[i], hif[i])
+                        for i in flat]
                 unw = int((torch.isnan(oc.float()) & ~isnan).sum())
                 extra = f" ({unw} NaN where the input was not NaN: never written?)" if unw else ""
                 return f"{int(bad.sum())} of {x.numel()} results are not a bf16 neighbour of x{extra}\n" + "\n".join(rows)
