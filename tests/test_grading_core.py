@@ -187,3 +187,39 @@ def test_an_error_in_a_kernels_body_names_the_kernel_line():
     msg, _ = describe_exception(info.value)
     assert msg.startswith("your function raised ValueError inside your Triton kernel: axis 5"), msg
     assert msg.splitlines()[-1].strip().startswith("in bad_kernel (your notebook, line 5): tl.store("), msg
+
+
+def test_cases_use_bf16_only_where_the_hardware_has_it(monkeypatch):
+    """A Colab T4 (compute capability 7.5) gets fp16 cases only; an Ampere or newer GPU bf16 too."""
+    import types
+
+    import effilab.device
+    from effilab.grading.core import half_dtypes
+
+    assert half_dtypes() == ([torch.float16, torch.bfloat16] if torch.cuda.is_available() and effilab.device.info().bf16
+                             else [torch.float16])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(effilab.device, "info", lambda *a: types.SimpleNamespace(bf16=False))
+    assert half_dtypes() == [torch.float16]
+    monkeypatch.setattr(effilab.device, "info", lambda *a: types.SimpleNamespace(bf16=True))
+    assert half_dtypes() == [torch.float16, torch.bfloat16]
+
+
+def test_hints_after_the_first_failure_are_offered_for_what_remains():
+    """A wrong divisor fails every RMSNorm group; the fp16 group's hint about .to(tl.float32) would
+    mislead as a plain instruction, so only the first failure's hint is given as one."""
+    class Two(Exercise):
+        name = "two_groups"
+        points = {"correctness": 2.0}
+
+        def cases(self, suite, key):
+            return [Group("basic", [Case("x 1", (torch.ones(3),))], "divide by the row length"),
+                    Group("fp16", [Case("x 2", (torch.ones(3, dtype=torch.float16),))], "load with .to(tl.float32)")]
+
+        def judge(self, out, case, expected=None):
+            return f"off by {float(out.float().sum()) - 3:g}"
+
+    v = check_correctness(Two(), lambda x: x * 2, "public", Key.public())
+    text = v.report()
+    assert "      hint: divide by the row length" in text
+    assert "hint (if this remains once the failure above is fixed): load with .to(tl.float32)" in text, text

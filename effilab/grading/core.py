@@ -50,12 +50,23 @@ from .calls import Problem, call_student, describe_exception, quiet
 from .calls import one_thread, poisoned_allocations  # noqa: F401  (re-exported: the specs use them)
 from .keys import Key, case_seeds  # noqa: F401
 
-__all__ = ["Case", "Group", "CaseResult", "GroupResult", "Verdict", "Exercise", "Problem", "REGISTRY", "register",
+__all__ = ["half_dtypes", "Case", "Group", "CaseResult", "GroupResult", "Verdict", "Exercise", "Problem", "REGISTRY", "register",
            "get", "check", "quiet", "NOT_ON_CPU", "judge_case", "score", "default_device", "key_for", "run_case",
            "expect_case"]
 
 NOT_ON_CPU = "needs a CUDA GPU — not awarded here"
 MAX_MESSAGE = 2000  # characters of one failure message kept
+
+
+def half_dtypes() -> list[torch.dtype]:
+    """The half-precision dtypes the cases use here: fp16 everywhere; bf16 too on a GPU with bf16
+    hardware (compute capability ≥ 8.0: not a Colab T4). Triton's interpreter gets bf16 matmuls and
+    fp32 → bf16 stores wrong, and a T4 has no bf16 ``tl.dot``: a notebook must not fail for its GPU."""
+    if not torch.cuda.is_available():
+        return [torch.float16]
+    from ..device import info
+
+    return [torch.float16, torch.bfloat16] if info().bf16 else [torch.float16]
 
 
 def default_device() -> torch.device:
@@ -131,10 +142,14 @@ class Verdict:
             if not g.passed and g.cause and (g.cause, g.hint) in said:
                 lines.append("      the same failure as above")  # e.g. an unsolved exercise: said once
             elif not g.passed:
+                # a group's hint is written for its own property; after an earlier failure the same
+                # mistake often fails it too, so its hint is offered for what remains after that fix
+                later = bool(said)
                 said.add((g.cause, g.hint))
                 lines += ["      " + ln for ln in g.message.rstrip().splitlines()]
                 if g.hint:
-                    lines.append(f"      hint: {g.hint}")
+                    lines.append(f"      hint{' (if this remains once the failure above is fixed)' if later else ''}: "
+                                 f"{g.hint}")
         lines += [f"  {n}" for n in self.notes]
         return "\n".join(lines)
 

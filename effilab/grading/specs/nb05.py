@@ -23,7 +23,7 @@ import torch
 
 from ...quant8 import dequantize_blockwise_torch, midpoints, n_blocks, quantize_blockwise_torch
 from ..compare import compare_tensors
-from ..core import Case, CaseResult, Exercise, Group, case_seeds, default_device, register
+from ..core import Case, CaseResult, Exercise, Group, case_seeds, default_device, half_dtypes, register
 from ..measure import SpeedPart
 
 NOTEBOOK = "05_8bit_optimizers"
@@ -72,9 +72,7 @@ def _gen(s: int, dev="cpu") -> torch.Generator:
     return torch.Generator(device=d if d.type == "cuda" else "cpu").manual_seed(int(s))
 
 
-def _half_dtypes() -> list[torch.dtype]:
-    """fp16 everywhere; bf16 on a GPU only (Triton's interpreter rounds fp32 → bf16 stores toward zero)."""
-    return [torch.float16, torch.bfloat16] if torch.cuda.is_available() else [torch.float16]
+_half_dtypes = half_dtypes  # fp16; bf16 on a GPU that has it (effilab.grading.core.half_dtypes)
 
 
 def _dt(dtype: torch.dtype) -> str:

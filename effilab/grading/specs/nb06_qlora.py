@@ -23,7 +23,7 @@ import torch.nn as nn
 from ...memory import SavedTensorMeter
 from ..calls import Problem, one_thread
 from ..compare import compare_tensors
-from ..core import Case, Exercise, Group, case_seeds, default_device, register
+from ..core import Case, Exercise, Group, case_seeds, default_device, half_dtypes, register
 from ..measure import MemoryPart, SpeedPart
 from .nb06 import NOTEBOOK, close, gen, linear_from, load_adapters, student_call
 from .nb06_nf4 import MAX_BITS, quantize_problem
@@ -508,7 +508,7 @@ class FusedLoRALinear(Exercise):
         dev = default_device()
         gpu = dev.type == "cuda"
         seeds = case_seeds(suite, key)
-        half = [torch.float16, torch.bfloat16] if gpu else [torch.float16]
+        half = half_dtypes()
 
         def case(s, M, K, N, r, dtype=torch.float32, bias=True, lead=None):
             args = _fused_inputs(s, M, K, N, r, dtype, bias, lead)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from ..compare import compare_tensors
-from ..core import Case, Exercise, Group, case_seeds, default_device, register
+from ..core import Case, Exercise, Group, case_seeds, default_device, half_dtypes, register
 from ..measure import SpeedPart
 
 NOTEBOOK = "07_quantization"
@@ -399,7 +399,7 @@ class W4A16(Exercise):
     def cases(self, suite, key):
         dev = default_device()
         seeds = case_seeds(suite, key)
-        half = [torch.float16, torch.bfloat16] if dev.type == "cuda" else [torch.float16]
+        half = half_dtypes()
 
         def case(s, m, n, k, gs, dt):
             args = w4a16_inputs(s, m, n, k, gs, dt, dev.type)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..compare import compare_tensors
-from ..core import Case, Exercise, Group, case_seeds, default_device, register
+from ..core import Case, Exercise, Group, case_seeds, default_device, half_dtypes, register
 from ..measure import MemoryPart, SpeedPart
 from ..provenance import KernelRule
 
@@ -50,9 +50,7 @@ ATTN_MEMORY_SHAPE = (1, 8, 16384, 64)
 
 
 
-def _half_dtypes() -> list[torch.dtype]:
-    """fp16 everywhere; bf16 only on a GPU (Triton's interpreter gets bf16 matmuls wrong)."""
-    return [torch.float16, torch.bfloat16] if torch.cuda.is_available() else [torch.float16]
+_half_dtypes = half_dtypes  # fp16; bf16 on a GPU that has it (effilab.grading.core.half_dtypes)
 
 
 def _gen(s: int, dev="cpu") -> torch.Generator:
