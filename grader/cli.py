@@ -410,6 +410,8 @@ def main(argv=None) -> int:
     pb = sub.add_parser("publish", help="write the student edition")
     pb.add_argument("out")
     pb.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    pb.add_argument("--colab", metavar="OWNER/REPO[@BRANCH]",
+                    help="the edition's GitHub repository: an Open-in-Colab badge and an install cell per notebook")
     sub.add_parser("examples", help="rebuild grader/examples/ from the release and solutions")
     args = p.parse_args(argv)
     _quiet_libraries()
@@ -436,7 +438,7 @@ def main(argv=None) -> int:
     elif args.cmd == "publish":
         from .publish import publish
 
-        publish(course, Path(args.out), force=args.force)
+        publish(course, Path(args.out), force=args.force, colab=args.colab)
     elif args.cmd == "examples":
         from .examples import build_examples
 

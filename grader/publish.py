@@ -91,7 +91,13 @@ def leaks(course: Course, tree: Path) -> list[str]:
     return problems
 
 
-def publish(course: Course, out: Path, force: bool = False, log=print) -> Path:
+def publish(course: Course, out: Path, force: bool = False, log=print, colab: str | None = None) -> Path:
+    """Write the student edition to ``out``; with ``colab`` (``OWNER/REPO[@BRANCH]``, where the
+    edition will live on GitHub) each notebook starts with an Open-in-Colab badge and an install
+    cell (:mod:`grader.colab`)."""
+    from . import colab as colab_cells
+
+    where = colab_cells.parse(colab) if colab else None
     out = Path(out).resolve()
     if out == course.repo or out in course.repo.parents or (out.parent == course.repo and (course.repo / out.name).exists()):
         raise SystemExit(f"error: refusing to publish into {out}: it is (or holds) this repository's own files")
@@ -104,6 +110,8 @@ def publish(course: Course, out: Path, force: bool = False, log=print) -> Path:
     (out / "notebooks").mkdir()
     for nb in sorted(course.notebooks.glob("*.ipynb")):
         shutil.copyfile(nb, out / "notebooks" / nb.name)
+        if where:
+            colab_cells.add_to(out / "notebooks" / nb.name, *where)
     # effilab without instructor-only modules
     src_pkg = course.repo / "effilab"
     for p in sorted(src_pkg.rglob("*")):

@@ -128,3 +128,22 @@ def test_markdown_renders_and_points_only_at_what_students_have(path):
         assert len(fences) % 2 == 0, f"cell {i} of {path.name}: {len(fences)} ``` fences; close each code block once"
         for gone in ("benchmarks/", "tests/"):
             assert f"`{gone}" not in c.source, f"cell {i} of {path.name} points at {gone}, absent from the student edition"
+
+
+def test_publish_for_colab_adds_a_badge_and_an_install_cell_that_acts_only_in_colab(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the cell would clone the course
+    out = publish(Course(), tmp_path / "edition", log=lambda *a: None, colab="course-org/effilab-2027@fall")
+    for path in sorted((out / "notebooks").glob("*.ipynb")):
+        nb = nbformat.read(str(path), as_version=4)
+        first, install = nb.cells[0], nb.cells[1]
+        assert first.cell_type == "markdown" and (
+            f"colab.research.google.com/github/course-org/effilab-2027/blob/fall/notebooks/{path.name}" in first.source)
+        assert install.cell_type == "code" and not install.metadata.get("nbgrader")
+        assert nb.cells[2].metadata.get("nbgrader"), "the course's own cells follow unchanged"
+        before = set(os.listdir(tmp_path))
+        ns: dict = {}
+        exec(compile(install.source, "<install>", "exec"), ns)  # not in Colab: nothing cloned, nothing installed
+        assert set(os.listdir(tmp_path)) == before and "subprocess" not in ns
+    assert not leaks(Course(), out)
+    with pytest.raises(SystemExit, match="OWNER/REPO"):
+        publish(Course(), tmp_path / "bad", log=lambda *a: None, colab='org/x"; import os #')
