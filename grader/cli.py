@@ -342,7 +342,13 @@ def export(course: Course, csv_path: str, assignment=None, log=print) -> Path:
 
 
 def regrade(course: Course, assignment=None, student=None, log=print, execute: bool = True) -> dict:
+    from .record import device_change
+
     before = scores(course, assignment)
+    for a, s in sorted(before):
+        warn = device_change(course, a, s) if not student or s == student else ""
+        if warn:
+            log(f"regrade: note: {warn}")
     autograde(course, assignment, student, force=True, log=lambda *_: None, execute=execute)
     after = scores(course, assignment)
     changed = {}

@@ -31,8 +31,30 @@ def load_verdicts(course: Course, assignment: str, student: str) -> dict:
         return {}
 
 
+def grading_device() -> str:
+    """The GPU (or CPU) this process grades on, as a verdict records it."""
+    from effilab import device
+
+    d = device.info()
+    return d.name if d.kind == "cuda" else f"cpu: {d.name}"
+
+
+def device_change(course: Course, assignment: str, student: str) -> str:
+    """A warning when the submission's recorded verdicts were graded on another machine class than
+    this one (a regrade then measures speed and memory on a different GPU); empty otherwise."""
+    before = sorted({r.device for r in load_verdicts(course, assignment, student).values() if r.device})
+    now = grading_device()
+    if not before or before == [now]:
+        return ""
+    return (f"{student} / {assignment} was graded on {', '.join(before)}; this regrade runs on {now}: its speed "
+            "and memory parts are measured against baselines on this machine, so their points may differ")
+
+
 def save_verdict(course: Course, assignment: str, student: str, result) -> None:
-    """Add one part's verdict to the submission's verdict file (atomically)."""
+    """Add one part's verdict to the submission's verdict file (atomically), stamped with the
+    machine that graded it."""
+    if not getattr(result, "device", ""):
+        result.device = grading_device()
     have = load_verdicts(course, assignment, student)
     have[result.grade_id] = result
     p = verdict_path(course, assignment, student)

@@ -61,6 +61,7 @@ class PartResult:
     report: str
     details: dict = field(default_factory=dict)
     seconds: float = 0.0
+    device: str = ""  # what graded it ("NVIDIA H200", "cpu: …"): speed and memory verdicts hold there only
 
 
 @dataclass

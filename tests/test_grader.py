@@ -169,3 +169,21 @@ def test_regrade_keeps_manual_grades_and_comments(graded):
         g.manual_score = None  # the shared course as it was
         gb.db.commit()
     assert scores(graded, A)[(A, "bob")]["cells"] == {**before[(A, "bob")]["cells"], "round_to_bf16_check": (2.0, 3.0)}
+
+
+def test_a_verdict_records_the_machine_and_a_regrade_elsewhere_says_so(tmp_path):
+    from grader import record
+    from grader.verify import PartResult
+
+    course = Course(root=tmp_path / "course")
+    r = PartResult("stochastic_round_bf16_speed", "stochastic_round_bf16", "speed", 2.0, 2.0, "PASS")
+    record.save_verdict(course, "01_float_formats", "alice", r)
+    (saved,) = record.load_verdicts(course, "01_float_formats", "alice").values()
+    assert saved.device == record.grading_device() != ""
+    assert record.device_change(course, "01_float_formats", "alice") == ""  # same machine: nothing to say
+    path = record.verdict_path(course, "01_float_formats", "alice")
+    rows = json.loads(path.read_text())
+    rows[0]["device"] = "NVIDIA T4 (a machine not this one)"
+    path.write_text(json.dumps(rows))
+    warn = record.device_change(course, "01_float_formats", "alice")
+    assert "graded on NVIDIA T4 (a machine not this one)" in warn and record.grading_device() in warn and "speed" in warn
