@@ -64,6 +64,28 @@ def _targets(course: Course, assignment: str | None, student: str | None) -> lis
     return out
 
 
+def parse_shard(spec: str | None) -> tuple[int, int] | None:
+    """``K/N`` (1 ≤ K ≤ N) → (K, N); None for None; a clear error otherwise."""
+    if spec is None:
+        return None
+    k, sep, n = spec.partition("/")
+    if not (sep and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise SystemExit(f"error: --shard wants K/N with 1 ≤ K ≤ N (e.g. 2/8), got {spec!r}")
+    return int(k), int(n)
+
+
+def in_shard(assignment: str, student: str, shard: tuple[int, int] | None) -> bool:
+    """Whether shard K of N grades this submission: a hash of (assignment, student), so the split
+    needs no coordinator, is the same on every machine, and does not move when others resubmit."""
+    if shard is None:
+        return True
+    import hashlib
+
+    k, n = shard
+    h = int.from_bytes(hashlib.sha256(f"{assignment}\0{student}".encode()).digest()[:8], "big")
+    return h % n == k - 1
+
+
 def scores(course: Course, assignment: str | None = None) -> dict[tuple[str, str], dict]:
     """{(assignment, student): {"score", "max_score", "state", "cells": {grade_id: (score, max)}}} from the
     gradebook. ``state`` is "graded" once every part was verified; until then "pending", and the
@@ -94,7 +116,7 @@ GRADED_MARKER = ".effilab-graded"
 
 
 def autograde(course: Course, assignment=None, student=None, force=False, verify=True, workers=1,
-              log=print, slot: int = 0, execute: bool = True) -> int:
+              log=print, slot: int = 0, execute: bool = True, shard: tuple[int, int] | None = None) -> int:
     """nbgrader's autograde (the notebook's own check cells: the student's self-check), then the
     authoritative verification outside the notebook kernel (:mod:`grader.verify`), whose scores the
     gradebook keeps. The in-kernel scores are cleared first: until a part is verified the gradebook
@@ -103,9 +125,10 @@ def autograde(course: Course, assignment=None, student=None, force=False, verify
     and no part is graded twice."""
     from .sanitize import clean_text
 
-    targets = _targets(course, assignment, student)
+    targets = [(a, s) for a, s in _targets(course, assignment, student) if in_shard(a, s, shard)]
     if not targets:
-        log("autograde: nothing submitted (run `python -m grader collect PATH…` first)")
+        log("autograde: nothing submitted" + (f" in shard {shard[0]}/{shard[1]}" if shard else "")
+            + " (run `python -m grader collect PATH…` first)")
         return 0
     _require_sandbox()
     if workers > 1:
@@ -408,6 +431,9 @@ def main(argv=None) -> int:
             q.add_argument("--no-execute", action="store_true",
                            help="skip nbgrader's run of the notebook (the grade comes from the sandboxed parts anyway)")
             q.add_argument("--slot", type=int, default=0, help=argparse.SUPPRESS)  # set by --workers: the sandbox uid
+            q.add_argument("--shard", metavar="K/N",
+                           help="grade only shard K of N (a stable hash of assignment and student): N machines "
+                                "sharing one gradebook (--course on shared storage, a PostgreSQL db) split a class")
     e = sub.add_parser("export")
     e.add_argument("--csv", required=True)
     e.add_argument("-a", "--assignment")
@@ -432,7 +458,8 @@ def main(argv=None) -> int:
         return 0 if any(o.ok for o in outcomes) or not outcomes else 1
     elif args.cmd == "autograde":
         return 1 if autograde(course, args.assignment, args.student, force=args.force, verify=not args.no_verify,
-                                 workers=args.workers, slot=args.slot, execute=not args.no_execute) else 0
+                                 workers=args.workers, slot=args.slot, execute=not args.no_execute,
+                                 shard=parse_shard(args.shard)) else 0
     elif args.cmd == "feedback":
         feedback(course, args.assignment, args.student)
     elif args.cmd == "export":
