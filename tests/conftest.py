@@ -60,7 +60,9 @@ def graded_examples(root, assignments, secret: int = TEST_COURSE_SECRET, sources
     expect = 3 * len(assignments) if expect is None else expect
     assert sum(o.ok for o in outcomes) == expect, [o.message for o in outcomes if not o.ok]
     for a in assignments:
-        kw = {"execute": a in EXECUTED, **autograde_kw}
+        # two grading workers, as `autograde --workers 2` runs them: the example course is graded
+        # twice as fast on a 2-core CI machine (tests/test_grader_robust.py compares with one worker)
+        kw = {"execute": a in EXECUTED, "workers": 2, **autograde_kw}
         assert autograde(course, assignment=a, log=lambda *a: None, **kw) == 0
     return course
 
