@@ -139,13 +139,15 @@ class Verdict:
         said: set = set()
         for g in self.groups:
             lines.append(f"  {'✓' if g.passed else '✗'} {g.name}")
-            if not g.passed and g.cause and (g.cause, g.hint) in said:
+            # an error the student's code raised is the same failure whatever the group's hint says
+            key = (g.cause, "" if "your function raised" in g.cause else g.hint)
+            if not g.passed and g.cause and key in said:
                 lines.append("      the same failure as above")  # e.g. an unsolved exercise: said once
             elif not g.passed:
                 # a group's hint is written for its own property; after an earlier failure the same
                 # mistake often fails it too, so its hint is offered for what remains after that fix
                 later = bool(said)
-                said.add((g.cause, g.hint))
+                said.add(key)
                 lines += ["      " + ln for ln in g.message.rstrip().splitlines()]
                 if g.hint:
                     lines.append(f"      hint{' (if this remains once the failure above is fixed)' if later else ''}: "
@@ -200,6 +202,8 @@ def score(ex: "Exercise", groups: list[Group], results: dict[tuple[int, int], Ca
                 message, hint = r.problem, r.hint
             if message:
                 cause = message.removeprefix(f"{case.label}: ")
+                if "your function raised" in cause:  # the same error, however the call was described
+                    cause = cause[cause.rindex("your function raised"):]
                 break
         out.append(GroupResult(g.name, not message, len(g.cases), message, (hint or g.hint) if message else "", cause))
     pts = round(max_pts * sum(r.passed for r in out) / max(1, len(out)), 2)
