@@ -146,6 +146,29 @@ def peak_rates(name: str) -> PeakRates | None:
     return _lookup(_DATASHEET, name)
 
 
+# The GPU class every speed threshold of the course is calibrated on (benchmarks/RESULTS.md).
+CALIBRATION_GPU = "H200"
+
+
+def gpu_class(name: str | None = None) -> str | None:
+    """The GPU family speed thresholds are keyed by: the first word of the datasheet entry a GPU
+    named like ``torch.cuda.get_device_name()`` matches ("H200", "H100", "A100", "L4", "T4", …).
+    ``name`` None: this machine's GPU 0; ``None`` on a CPU or for a GPU the table does not know.
+
+    >>> gpu_class("NVIDIA A100-SXM4-40GB"), gpu_class("Tesla T4")
+    ('A100', 'T4')
+    """
+    if name is None:
+        if not torch.cuda.is_available():
+            return None
+        name = torch.cuda.get_device_name()
+    rates = peak_rates(name)
+    if not rates or not rates.gpu:
+        return None
+    words = rates.gpu.split()
+    return " ".join(words[:2]) if words[0] == "RTX" else words[0]  # "RTX 4090", not "RTX"
+
+
 def measured_rates(name: str) -> PeakRates | None:
     """Ceilings measured on the course's reference GPU, if ``name`` is that GPU; else ``None``."""
     return _lookup(_MEASURED, name)

@@ -127,3 +127,15 @@ def test_info_on_gpu():
     assert "GPU" in d.summary() and d.name in d.summary()
     with pytest.raises(ValueError, match="no CUDA device"):
         device.info(torch.cuda.device_count())
+
+
+def test_gpu_class_names_the_family_speed_thresholds_are_keyed_by():
+    from effilab.device import gpu_class
+
+    assert gpu_class("NVIDIA H200") == "H200"
+    assert gpu_class("NVIDIA H100 80GB HBM3") == "H100"
+    assert gpu_class("NVIDIA A100-SXM4-40GB") == gpu_class("NVIDIA A100 80GB PCIe") == "A100"
+    assert gpu_class("Tesla T4") == "T4"
+    assert gpu_class("NVIDIA L4") == "L4" and gpu_class("NVIDIA L40S") == "L40S"
+    assert gpu_class("NVIDIA GeForce RTX 4090") == "RTX 4090"
+    assert gpu_class("Some Future GPU") is None

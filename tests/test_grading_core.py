@@ -223,3 +223,27 @@ def test_hints_after_the_first_failure_are_offered_for_what_remains():
     text = v.report()
     assert "      hint: divide by the row length" in text
     assert "hint (if this remains once the failure above is fixed): load with .to(tl.float32)" in text, text
+
+
+def test_wall_rule_allows_host_bound_calls_and_catches_side_stream_work():
+    from effilab.grading.measure import wall_exceeds
+
+    # a 15 µs kernel whose Python launch costs 45 µs of host time: the wall (59 µs) is the launch, not hidden work
+    assert not wall_exceeds(stream_ms=0.015, wall_ms=0.059, host_ms=0.045)
+    # the same wall with a fast host launch: 44 µs of device time the timed stream did not see
+    assert wall_exceeds(stream_ms=0.015, wall_ms=0.059, host_ms=0.005)
+    # a token kernel on the timed stream, 2 ms of eager work on a side stream (the host returns at once)
+    assert wall_exceeds(stream_ms=0.05, wall_ms=2.1, host_ms=0.08)
+    # an honest GPU-bound call
+    assert not wall_exceeds(stream_ms=1.0, wall_ms=1.1, host_ms=0.05)
+
+
+def test_speed_threshold_follows_the_gpu_class_and_says_when_it_was_not_calibrated_there():
+    from effilab.grading.measure import SpeedPart
+
+    part = SpeedPart(inputs=lambda: (), baseline=None, threshold=2.0, per_gpu={"T4": 1.3})
+    assert part.threshold_on("H200") == 2.0 and part.threshold_on(None) == 2.0
+    assert part.threshold_on("T4") == 1.3
+    assert part.threshold_note("H200") == "" and part.threshold_note("T4") == ""
+    note = part.threshold_note("A100")
+    assert "calibrated on an H200" in note and "A100" in note

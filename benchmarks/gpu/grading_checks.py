@@ -147,7 +147,11 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--only", nargs="*", default=None, metavar="WORD",
+                    help="run only the cheats whose name contains one of these words (with --repeats 0: "
+                         "no repeatability runs)")
     args = ap.parse_args()
+    wanted = (lambda name: args.only is None or any(w in name for w in args.only))
     tmp = Path(tempfile.mkdtemp())
     course = Course(root=tmp / "course")
     course.prepare()
@@ -159,16 +163,19 @@ def main() -> int:
         print(f"run {i + 1}: " + ", ".join(f"{r.grade_id}={r.points:g}" for r in res), flush=True)
     scores = [tuple((r.grade_id, r.points) for r in res) for res in runs]
     speed = [next(r for r in res if r.grade_id == SPEED) for res in runs]
-    print(speed[0].report, flush=True)
+    if speed:
+        print(speed[0].report, flush=True)
     ratios = [float(r.details["ratio"]) for r in speed if "ratio" in r.details]
     cv = statistics.stdev(ratios) / statistics.mean(ratios) if len(ratios) > 1 else float("nan")
     lines += [f"Correct submission graded {len(runs)}× (fresh workers each time): scores identical: "
-              f"**{len(set(scores)) == 1}**; total {sum(p for _, p in scores[0]):g} / 13.",
+              f"**{len(set(scores)) == 1}**; total {sum(p for _, p in scores[0]) if scores else 0:g} / 13.",
               f"Speed ratios: {', '.join(f'{r:.2f}' for r in ratios)}; mean "
               f"{statistics.mean(ratios) if ratios else float('nan'):.2f}×, "
               f"CV {100 * cv:.2f} %.", "", "| GPU cheat | speed points | why |", "|---|---|---|"]
-    ok = len(set(scores)) == 1
+    ok = len(set(scores)) <= 1
     for name, src in CHEATS.items():
+        if not wanted(name):
+            continue
         res = verify_notebook(course, A, _with_cell(src, tmp, name.split()[0]), log=lambda *a: None, only={SPEED})
         r = res[0]
         why = " ".join(r.report.split())[-220:]
@@ -177,6 +184,8 @@ def main() -> int:
         print(f"{name}: {r.points:g}", flush=True)
     lines += ["", "| RMSNorm cheat (notebook 08) | correctness | speed | why |", "|---|---|---|---|"]
     for name, src in RMS_CHEATS.items():
+        if not wanted(name):
+            continue
         res = {r.grade_id: r for r in verify_notebook(course, B, _with_rms_cell(src, tmp, name), log=lambda *a: None,
                                                        only=RMS_PARTS)}
         c, sp = res["rms_norm_check"], res["rms_norm_speed"]

@@ -183,38 +183,54 @@ def w4a16_kernel(
     z_ptr,                  # pointer to the zero points, (N, K // GROUP) uint8, contiguous
     y_ptr,                  # pointer to the output, (M, N) contiguous, x's dtype
     M, N, K,                # sizes
+    row_bytes,              # K // 2, bytes per packed row: an argument, so Triton sees when it is a multiple
+                            # of 16 (it specialises such integers) and loads 16 bytes at a time
     GROUP: tl.constexpr,    # columns per quantization group
     BLOCK_M: tl.constexpr,  # rows of x per program (1: the GEMV path)
     BLOCK_N: tl.constexpr,  # weight rows (outputs) per program
     BLOCK_K: tl.constexpr,  # columns of K per loop step
+    CHUNK: tl.constexpr,    # columns per chunk: a power of two dividing GROUP (one scale and zero per chunk)
     USE_DOT: tl.constexpr,  # tl.dot tiles (BLOCK_M >= 16) or an elementwise GEMV
 ):
     ### BEGIN SOLUTION
+    NC: tl.constexpr = BLOCK_K // CHUNK                          # chunks per K step
+    HC: tl.constexpr = CHUNK // 2                                # bytes per chunk and weight row
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_j = tl.arange(0, BLOCK_K // 2)
+    n_ok = offs_n < N
     n64 = offs_n.to(tl.int64)
+    offs_c = tl.arange(0, NC)
+    offs_b = offs_c[:, None] * HC + tl.arange(0, HC)[None, :]   # (NC, HC) byte offsets inside a step
     n_groups = K // GROUP
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        j = k0 // 2 + offs_j                                     # byte index: columns 2j and 2j + 1
-        wmask = (offs_n < N)[:, None] & (j < K // 2)[None, :]
-        p = tl.load(qw_ptr + n64[:, None] * (K // 2) + j[None, :], mask=wmask, other=0)
-        grp = (2 * j) // GROUP
-        s = tl.load(s_ptr + n64[:, None] * n_groups + grp[None, :], mask=wmask, other=0.0).to(tl.float32)
-        z = tl.load(z_ptr + n64[:, None] * n_groups + grp[None, :], mask=wmask, other=0).to(tl.float32)
-        w_lo = ((p & 15).to(tl.float32) - z) * s                 # even columns
-        w_hi = ((p >> 4).to(tl.float32) - z) * s                 # odd columns
-        xmask = (offs_m < M)[:, None] & (j < K // 2)[None, :]
-        x_even = x_ptr + offs_m.to(tl.int64)[:, None] * K + 2 * j[None, :]
-        x_lo = tl.load(x_even, mask=xmask, other=0.0)
-        x_hi = tl.load(x_even + 1, mask=xmask, other=0.0)
-        if USE_DOT:
+    for step in range(0, tl.cdiv(K, BLOCK_K)):
+        col = step * BLOCK_K + offs_c * CHUNK                    # (NC,) first column of each chunk
+        c_ok = col < K
+        p = tl.load(qw_ptr + n64[:, None, None] * row_bytes + (step * (BLOCK_K // 2) + offs_b)[None, :, :],
+                    mask=n_ok[:, None, None] & c_ok[None, :, None], other=0)   # (BLOCK_N, NC, HC) bytes
+        g = col // GROUP                                         # a chunk lies in one group
+        sz_mask = n_ok[:, None] & c_ok[None, :]
+        s = tl.load(s_ptr + n64[:, None] * n_groups + g[None, :], mask=sz_mask, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + n64[:, None] * n_groups + g[None, :], mask=sz_mask, other=0).to(tl.float32)
+        if USE_DOT:                                              # dequantize the tile, two tl.dots
+            w_lo = tl.reshape(((p & 15).to(tl.float32) - z[:, :, None]) * s[:, :, None], (BLOCK_N, BLOCK_K // 2))
+            w_hi = tl.reshape(((p >> 4).to(tl.float32) - z[:, :, None]) * s[:, :, None], (BLOCK_N, BLOCK_K // 2))
+            j = step * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+            xmask = (offs_m < M)[:, None] & (j < K // 2)[None, :]
+            x_even = x_ptr + offs_m.to(tl.int64)[:, None] * K + 2 * j[None, :]
+            x_lo = tl.load(x_even, mask=xmask, other=0.0)
+            x_hi = tl.load(x_even + 1, mask=xmask, other=0.0)
             acc += tl.dot(x_lo, tl.trans(w_lo.to(x_lo.dtype)))
             acc += tl.dot(x_hi, tl.trans(w_hi.to(x_hi.dtype)))
-        else:
-            acc += tl.sum(x_lo.to(tl.float32) * w_lo + x_hi.to(tl.float32) * w_hi, axis=1)[None, :]
-    ymask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
+        else:                                                    # one row: s·(Σ x·q − z·Σ x) per chunk
+            offs_x = step * BLOCK_K + offs_c[:, None] * CHUNK + tl.arange(0, CHUNK)[None, :]
+            xx = tl.load(x_ptr + tl.program_id(1).to(tl.int64) * K + offs_x, mask=c_ok[:, None], other=0.0)
+            x_lo, x_hi = tl.split(tl.reshape(xx.to(tl.float32), (NC, HC, 2)))   # even and odd columns
+            qx = tl.sum((p & 15).to(tl.float32) * x_lo[None, :, :] + (p >> 4).to(tl.float32) * x_hi[None, :, :],
+                        axis=2)                                  # (BLOCK_N, NC)
+            xsum = tl.sum(x_lo + x_hi, axis=1)                   # (NC,)
+            acc += tl.sum(s * (qx - z * xsum[None, :]), axis=1)[None, :]
+    ymask = (offs_m < M)[:, None] & n_ok[None, :]
     tl.store(y_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :], acc.to(y_ptr.dtype.element_ty), mask=ymask)
     ### END SOLUTION
 
@@ -239,13 +255,15 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if INTERPRET:                       # CPU: few, fat programs
         bm, bn, bk, warps, stages = (1 if M < 16 else 16), 64, 128, 4, 1
-    elif M < 16:                        # decode: many narrow programs, wide loads along K
-        bm, bn, bk, warps, stages = 1, 16, 256, 4, 3
+    elif M < 16:                        # decode: 4 rows a program, 2048 columns a step (H200 sweep)
+        bm, bn, bk, warps, stages = 1, 4, 2048, 4, 2
     else:
-        bm, bn, bk, warps, stages = 16, 64, 128, 4, 3
+        bm, bn, bk, warps, stages = 16, 32, 512, 4, 2
+    bk = min(bk, triton.next_power_of_2(K))
+    chunk = min(group_size & -group_size, bk)   # the largest power of two dividing the group
     grid = (triton.cdiv(N, bn), triton.cdiv(M, bm))
-    w4a16_kernel[grid](x, qweight, scales, zeros, y, M, N, K, GROUP=group_size, BLOCK_M=bm, BLOCK_N=bn,
-                       BLOCK_K=bk, USE_DOT=bm >= 16, num_warps=warps, num_stages=stages)
+    w4a16_kernel[grid](x, qweight, scales, zeros, y, M, N, K, K // 2, GROUP=group_size, BLOCK_M=bm, BLOCK_N=bn,
+                       BLOCK_K=bk, CHUNK=chunk, USE_DOT=bm >= 16, num_warps=warps, num_stages=stages)
     return y
     ### END SOLUTION
 '''

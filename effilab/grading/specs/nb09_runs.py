@@ -401,6 +401,19 @@ def _judge_losses(out, expected, loose) -> str | None:
     return None
 
 
+def _without_key_bias(name: str, d: torch.Tensor) -> torch.Tensor:
+    """The key third of the fused q, k, v bias has an exactly zero gradient (adding b to every key
+    adds q·b to every score of a row, and softmax ignores a constant shift), so its computed
+    gradient is rounding noise that Adam turns into ±lr steps of either sign: not compared. Seen
+    on the H200 (2026-12-02): 27 of 96 values of ``blocks.0.attn.c_attn.bias`` differed between a
+    correct compiled step and eager after 3 steps (the key slice holds 32; the rest of the step
+    agreed within the tolerance)."""
+    if name.endswith("attn.c_attn.bias") and d.numel() % 3 == 0:
+        c = d.numel() // 3
+        return torch.cat([d[:c], d[2 * c:]])
+    return d
+
+
 def _judge_params(out, expected, loose) -> str | None:
     bad = [d for d in out["dtypes"] if d != str(torch.float32)]
     if bad:
@@ -410,9 +423,10 @@ def _judge_params(out, expected, loose) -> str | None:
     frac = 0.02 if loose else 1e-3
     for n, p, r in zip(expected["names"], out["params"], expected["params"]):
         d = (p.to(r.device) - r).abs()  # the grader moves outputs to its device; the reference may be elsewhere
+        d, r = _without_key_bias(n, d), _without_key_bias(n, r)
         off = d > 2e-4 + 1e-4 * r.abs()
         if off.float().mean() > frac or bool((d > 2.5 * STEP_LR * STEPS).any()):
-            return (f"after {STEPS} steps {n} differs from the eager step's in {int(off.sum())} of {p.numel()} values "
+            return (f"after {STEPS} steps {n} differs from the eager step's in {int(off.sum())} of {d.numel()} values "
                     f"(max |diff| {d.max().item():.3g}): one zero_grad, backward and optimizer.step() per step")
     return None
 
