@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 from pathlib import Path
 
@@ -452,7 +453,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m grader", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--course", help="course root (default grader/course)")
-    p.add_argument("--db", help="gradebook SQLAlchemy URL (default sqlite in the course root)")
+    p.add_argument("--db", default=os.environ.get("EFFILAB_DB_URL") or None,
+                   help="gradebook SQLAlchemy URL (default $EFFILAB_DB_URL, else sqlite in the course root)")
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("release", help="generate notebooks/ from solutions/")
     r.add_argument("--out", help="write the release here instead of notebooks/")

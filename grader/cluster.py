@@ -22,8 +22,9 @@ from pathlib import Path
 from .course import REPO, Course, ensure_released
 
 JOB_NAME = "effilab-grade"
-# the password of a PostgreSQL URL is never written into the script: the URL travels in the
-# environment of the submitted job (Slurm keeps it readable to the job's user and the SlurmUser)
+# the password of a PostgreSQL URL is never written into the script nor put on a command line (which
+# `ps` shows to everyone on the node): the URL travels in the environment of the submitted job
+# (readable to the job's user and the SlurmUser), where `python -m grader` takes --db's default
 DB_ENV = "EFFILAB_DB_URL"
 
 
@@ -86,10 +87,10 @@ def directives(course: Course, job: SlurmJob) -> list[str]:
 
 
 def grade_command(course: Course, job: SlurmJob) -> str:
-    """The command each task runs: autograde of shard ``$SLURM_ARRAY_TASK_ID`` of N."""
+    """The command each task runs: autograde of shard ``$SLURM_ARRAY_TASK_ID`` of N, into the gradebook
+    that ``$EFFILAB_DB_URL`` names (``--db``'s default: the URL is on no command line)."""
     q = shlex.quote
-    cmd = f'{q(job.python)} -m grader --course {q(str(course.root))} --db "${DB_ENV}" autograde ' \
-          f'--shard "$SLURM_ARRAY_TASK_ID/{job.shards}"'
+    cmd = f'{q(job.python)} -m grader --course {q(str(course.root))} autograde --shard "$SLURM_ARRAY_TASK_ID/{job.shards}"'
     if job.assignment:
         cmd += f" -a {q(job.assignment)}"
     if not job.execute:
@@ -123,6 +124,19 @@ def write_script(course: Course, job: SlurmJob) -> Path:
 # ---------------------------------------------------------------------------------------------
 # before submitting
 # ---------------------------------------------------------------------------------------------
+def secret_warnings(course: Course) -> list[str]:
+    """Create the course secret now, before N tasks race to (grader/verify.py), and say when others
+    than the grader's user could read it."""
+    from .verify import course_secret
+
+    course_secret(course)
+    p = course.path("secret_seed")
+    if p.stat().st_mode & 0o077:
+        return [f"the course secret {p} can be read by others (mode {p.stat().st_mode & 0o777:o}): it derives every "
+                f"hidden input — chmod 600 {p} (and keep the course root closed: chmod -R go-rwx {course.root})"]
+    return []
+
+
 def db_warnings(course: Course, shards: int) -> list[str]:
     if shards > 1 and course.db_url.startswith("sqlite"):
         return [f"the gradebook is SQLite ({course.db_url.split('?')[0]}): {shards} tasks on several machines "
@@ -181,7 +195,7 @@ def slurm(course: Course, job: SlurmJob, dry_run: bool = False, log=print) -> st
     work = targets(course, job.assignment)
     if not work:
         raise SystemExit("slurm: nothing submitted (run `python -m grader collect PATH…` first)")
-    for w in db_warnings(course, job.shards):
+    for w in db_warnings(course, job.shards) + secret_warnings(course):
         log(f"slurm: warning: {w}")
     sbatch = None if dry_run else find_sbatch()
     prepare_gradebook(course, work, log)

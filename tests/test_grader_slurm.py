@@ -17,7 +17,7 @@ from collections import Counter
 import pytest
 
 from grader.cli import in_shard, scores
-from grader.cluster import SlurmJob, batch_script, db_warnings, find_sbatch, status_table
+from grader.cluster import SlurmJob, batch_script, db_warnings, find_sbatch, secret_warnings, status_table
 from grader.collect import collect
 from grader.course import REPO, Course
 from grader.record import claim
@@ -62,7 +62,7 @@ def test_the_batch_script_is_an_array_of_shards_that_requeues(tmp_path):
                  "--requeue", "--open-mode=append", "--qos=low"):
         assert f"#SBATCH {line}" in gpu
     assert '--shard "$SLURM_ARRAY_TASK_ID/8"' in gpu and "/shared/venv/bin/python -m grader" in gpu
-    assert '--db "$EFFILAB_DB_URL"' in gpu  # the URL (and its password) is not in the file
+    assert "EFFILAB_DB_URL:?" in gpu and "--db" not in gpu  # the URL (and its password) comes in the environment
     cpu = batch_script(course, SlurmJob(shards=3, gres="none", assignment="01_float_formats", execute=False))
     assert "--gres" not in cpu and "--partition" not in cpu and "--account" not in cpu
     assert "-a 01_float_formats --no-execute" in cpu
@@ -79,6 +79,13 @@ def test_sqlite_over_several_shards_is_warned_and_a_missing_sbatch_says_what_to_
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(SystemExit, match="sbatch` not found.*slurm.sh"):
         find_sbatch()
+
+
+def test_the_secret_is_made_before_the_tasks_and_a_readable_one_is_warned(tmp_path):
+    course = Course(root=tmp_path / "c")
+    assert secret_warnings(course) == [] and course.path("secret_seed").stat().st_mode & 0o777 == 0o600
+    course.path("secret_seed").chmod(0o644)
+    assert "chmod 600" in secret_warnings(course)[0]
 
 
 def test_a_submission_is_graded_by_one_process_at_a_time(tmp_path):
