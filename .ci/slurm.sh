@@ -21,7 +21,11 @@ alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 stop() {
   for d in slurmd slurmctld; do
-    if alive "$dir/$d.pid"; then kill "$(cat "$dir/$d.pid")"; say "stopped $d"; fi
+    if alive "$dir/$d.pid"; then
+      kill "$(cat "$dir/$d.pid")"
+      for _ in $(seq 30); do alive "$dir/$d.pid" || break; sleep 1; done
+      say "stopped $d"
+    fi
   done
 }
 
@@ -53,12 +57,13 @@ write_conf() {
   host=$(hostname -s)
   # the node line as slurmd measures it (CPUs, sockets, RealMemory): a node that claims more than it
   # has would be drained
-  node=$(slurmd -C | head -1)
+  # (at 127.0.0.1: a container's host name need not resolve)
+  node="$(slurmd -C | head -1) NodeAddr=127.0.0.1"
   mkdir -p "$dir/state" "$dir/spool" "$dir/log"
   cat >"$SLURM_CONF.tmp" <<EOF
 # effilab's single-node test cluster (written by .ci/slurm.sh)
 ClusterName=effilab
-SlurmctldHost=$host
+SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge

@@ -125,15 +125,18 @@ def _task_states(job: str) -> dict[int, str]:
                                                              out)}
 
 
+def _log(course, job: str, k: int) -> str:
+    p = course.path("slurm", "logs", f"{job}_{k}.out")
+    return p.read_text() if p.exists() else ""
+
+
 def _start_now(course, job: str, k: int) -> None:
     """Wait for the requeued task ``k`` to run again; Slurm holds a requeued task back a while (its
     begin time): let it start at once."""
-    log = course.path("slurm", "logs", f"{job}_{k}.out")
-
     def again():
         if _task_states(job).get(k) == "PENDING":
             subprocess.run(["scontrol", "update", f"jobid={job}_{k}", "starttime=now"], capture_output=True)
-        return "attempt 2" in log.read_text()
+        return "attempt 2" in _log(course, job, k)
     _wait(again, f"requeued task {job}_{k} to run again", every=1)
 
 
@@ -213,8 +216,15 @@ def test_a_job_array_with_a_requeued_task_grades_as_one_process_and_nothing_twic
     task = f"{job}_{victim}"
 
     # kill the victim once it has graded its first submission and (very likely) not yet its last
-    _wait(lambda: _marker(course, *first).exists(), f"task {task} to grade {first}")
-    subprocess.run(["scontrol", "requeue", task], check=True, capture_output=True)
+    def first_graded():
+        if _marker(course, *first).exists():
+            return True
+        state = _task_states(job).get(victim, "")
+        assert state in ("", "PENDING", "RUNNING", "CONFIGURING"), \
+            f"task {task} ended ({state}) before grading {first}: " + _log(course, job, victim)[-3000:]
+    _wait(first_graded, f"task {task} to grade {first}")
+    _wait(lambda: subprocess.run(["scontrol", "requeue", task], capture_output=True).returncode == 0,
+          f"scontrol requeue {task} to be accepted", every=1)  # (refused while a task is in a transient state)
     kept = {t: _marker(course, *t).stat().st_mtime for t in work if _marker(course, *t).exists()}
     _check_status(course, work, history)
     _start_now(course, job, victim)
@@ -224,8 +234,8 @@ def test_a_job_array_with_a_requeued_task_grades_as_one_process_and_nothing_twic
         states = _task_states(job)
         return len(states) == SHARDS and all(s in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
                                              for s in states.values()) and states
-    states = _wait(finished, f"job array {job} to finish", every=3)
-    logs = {k: course.path("slurm", "logs", f"{job}_{k}.out").read_text() for k in shards}
+    states = _wait(finished, f"job array {job} to finish", every=5)
+    logs = {k: _log(course, job, k) for k in shards}
     assert set(states.values()) == {"COMPLETED"}, {k: logs[k][-2000:] for k in logs}
     assert "attempt 2" in logs[victim], logs[victim][-2000:]  # it was requeued and ran again
 
