@@ -162,7 +162,11 @@ def autograde(course: Course, assignment=None, student=None, force=False, verify
             raise SystemExit(f"autograde: grading {s} / {a} changed the grading environment ({'; '.join(moved[:5])}): "
                              "stopped before the next submission — restore the environment (e.g. rebuild .venv) and "
                              "run autograde again")
-    print_scores(course, assignment, log)
+    if shard:  # a task of a job array: its own tally, not the whole class's table in every task's log
+        log(f"autograde: shard {shard[0]}/{shard[1]}: {len(targets) - failures} of {len(targets)} submission(s) graded"
+            + (f", {failures} failed (their reports are in {course.path('reports')})" if failures else ""))
+    else:
+        print_scores(course, assignment, log)
     return failures
 
 

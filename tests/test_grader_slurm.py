@@ -238,6 +238,9 @@ def test_a_job_array_with_a_requeued_task_grades_as_one_process_and_nothing_twic
     logs = {k: _log(course, job, k) for k in shards}
     assert set(states.values()) == {"COMPLETED"}, {k: logs[k][-2000:] for k in logs}
     assert "attempt 2" in logs[victim], logs[victim][-2000:]  # it was requeued and ran again
+    for k, mine in shards.items():  # each task's last attempt ends with its shard's tally
+        if mine:
+            assert f"autograde: shard {k}/{SHARDS}: {len(mine)} of {len(mine)} submission(s) graded" in logs[k]
 
     _check_status(course, work, history)
     assert history[-1] == len(work)
