@@ -73,6 +73,12 @@ def test_the_batch_script_is_an_array_of_shards_that_requeues(tmp_path):
         SlurmJob(shards=0)
 
 
+def test_a_one_shard_array_is_one_task_grading_the_whole_class(tmp_path):
+    script = batch_script(Course(root=tmp_path), SlurmJob(shards=1))
+    assert "#SBATCH --array=1-1" in script and '--shard "$SLURM_ARRAY_TASK_ID/1"' in script
+    assert all(in_shard(a, f"s{i}", (1, 1)) for a in ASSIGNMENTS for i in range(200))
+
+
 def test_sqlite_over_several_shards_is_warned_and_a_missing_sbatch_says_what_to_do(tmp_path, monkeypatch):
     assert "PostgreSQL" in db_warnings(Course(root=tmp_path), 4)[0]
     assert db_warnings(Course(root=tmp_path), 1) == []
