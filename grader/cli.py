@@ -427,6 +427,8 @@ def _quiet_libraries() -> None:
     except ImportError:
         pass
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="jupyter_client")
+
+
 def _slurm_parser(sub) -> None:
     q = sub.add_parser("slurm", help="grade on a Slurm cluster: an sbatch job array, one shard a task")
     q.add_argument("--shards", type=int, required=True, help="N: the array's tasks, each autograde --shard K/N")
@@ -434,7 +436,8 @@ def _slurm_parser(sub) -> None:
     q.add_argument("--partition", help="sbatch --partition")
     q.add_argument("--account", help="sbatch --account")
     q.add_argument("--time", default="04:00:00", help="each task's time limit (sbatch --time; default 04:00:00)")
-    q.add_argument("--gres", default="gpu:1", help="each task's generic resources (default gpu:1; 'none' for CPU workers)")
+    q.add_argument("--gres", default="gpu:1",
+                   help="each task's generic resources (default gpu:1; 'none' for CPU workers)")
     q.add_argument("--cpus-per-task", type=int, default=4, help="CPU cores per task (default 4)")
     q.add_argument("--mem", help="memory per task (sbatch --mem, e.g. 32G)")
     q.add_argument("--sbatch-arg", action="append", default=[], metavar="--OPT=VALUE",

@@ -90,7 +90,8 @@ def grade_command(course: Course, job: SlurmJob) -> str:
     """The command each task runs: autograde of shard ``$SLURM_ARRAY_TASK_ID`` of N, into the gradebook
     that ``$EFFILAB_DB_URL`` names (``--db``'s default: the URL is on no command line)."""
     q = shlex.quote
-    cmd = f'{q(job.python)} -m grader --course {q(str(course.root))} autograde --shard "$SLURM_ARRAY_TASK_ID/{job.shards}"'
+    cmd = f'{q(job.python)} -m grader --course {q(str(course.root))} autograde ' \
+          f'--shard "$SLURM_ARRAY_TASK_ID/{job.shards}"'
     if job.assignment:
         cmd += f" -a {q(job.assignment)}"
     if not job.execute:
