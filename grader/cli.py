@@ -9,11 +9,15 @@
     python -m grader scores    [-a A]        the gradebook as a table
     python -m grader publish OUT             write the student edition (no graded solutions)
     python -m grader examples                rebuild the example submissions of grader/examples/
+    python -m grader slurm --shards N        grade on a Slurm cluster: a job array, one shard a task
+    python -m grader status    [-a A]        per assignment: submissions graded, pending, failed
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import os
+import sys
 from pathlib import Path
 
 from .course import Course, ensure_released
@@ -158,11 +162,27 @@ def autograde(course: Course, assignment=None, student=None, force=False, verify
             raise SystemExit(f"autograde: grading {s} / {a} changed the grading environment ({'; '.join(moved[:5])}): "
                              "stopped before the next submission — restore the environment (e.g. rebuild .venv) and "
                              "run autograde again")
-    print_scores(course, assignment, log)
+    if shard:  # a task of a job array: its own tally, not the whole class's table in every task's log
+        log(f"autograde: shard {shard[0]}/{shard[1]}: {len(targets) - failures} of {len(targets)} submission(s) graded"
+            + (f", {failures} failed (their reports are in {course.path('reports')})" if failures else ""))
+    else:
+        print_scores(course, assignment, log)
     return failures
 
 
 def _grade_one(course: Course, api, a: str, s: str, *, force: bool, verify: bool, slot: int, log) -> bool:
+    """One submission, graded by one process at a time (its lock: grader/record.py ``claim``)."""
+    from .record import claim
+
+    with claim(course, a, s) as mine:
+        if not mine:
+            log(f"autograde: {s} / {a}: being graded by another process right now: skipped (it stays pending "
+                "until that process records it)")
+            return True
+        return _grade_claimed(course, api, a, s, force=force, verify=verify, slot=slot, log=log)
+
+
+def _grade_claimed(course: Course, api, a: str, s: str, *, force: bool, verify: bool, slot: int, log) -> bool:
     """nbgrader's run, then the authoritative verification, of one submission; False if nbgrader failed."""
     from .normalize import prepare_submission
     from .sanitize import cap_notebook_file, clean_results, clean_text
@@ -407,11 +427,41 @@ def _quiet_libraries() -> None:
     except ImportError:
         pass
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="jupyter_client")
+
+
+def _slurm_parser(sub) -> None:
+    q = sub.add_parser("slurm", help="grade on a Slurm cluster: an sbatch job array, one shard a task")
+    q.add_argument("--shards", type=int, required=True, help="N: the array's tasks, each autograde --shard K/N")
+    q.add_argument("-a", "--assignment", help="grade only this assignment")
+    q.add_argument("--partition", help="sbatch --partition")
+    q.add_argument("--account", help="sbatch --account")
+    q.add_argument("--time", default="04:00:00", help="each task's time limit (sbatch --time; default 04:00:00)")
+    q.add_argument("--gres", default="gpu:1",
+                   help="each task's generic resources (default gpu:1; 'none' for CPU workers)")
+    q.add_argument("--cpus-per-task", type=int, default=4, help="CPU cores per task (default 4)")
+    q.add_argument("--mem", help="memory per task (sbatch --mem, e.g. 32G)")
+    q.add_argument("--sbatch-arg", action="append", default=[], metavar="--OPT=VALUE",
+                   help="any other sbatch option for every task (repeatable), e.g. --sbatch-arg=--qos=low")
+    q.add_argument("--python", default=sys.executable,
+                   help="the grading venv's python, on storage the nodes share (default: this one)")
+    q.add_argument("--no-execute", action="store_true", help="as autograde --no-execute")
+    q.add_argument("--dry-run", action="store_true", help="write and show the batch script, submit nothing")
+
+
+def _slurm_job(args):
+    from .cluster import SlurmJob
+
+    return SlurmJob(shards=args.shards, partition=args.partition, time_limit=args.time, account=args.account,
+                    gres=args.gres, cpus_per_task=args.cpus_per_task, mem=args.mem, assignment=args.assignment,
+                    execute=not args.no_execute, python=args.python, extra=list(args.sbatch_arg))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m grader", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--course", help="course root (default grader/course)")
-    p.add_argument("--db", help="gradebook SQLAlchemy URL (default sqlite in the course root)")
+    p.add_argument("--db", default=os.environ.get("EFFILAB_DB_URL") or None,
+                   help="gradebook SQLAlchemy URL (default $EFFILAB_DB_URL, else sqlite in the course root)")
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("release", help="generate notebooks/ from solutions/")
     r.add_argument("--out", help="write the release here instead of notebooks/")
@@ -445,6 +495,9 @@ def main(argv=None) -> int:
     pb.add_argument("--colab", metavar="OWNER/REPO[@BRANCH]",
                     help="the edition's GitHub repository: an Open-in-Colab badge and an install cell per notebook")
     sub.add_parser("examples", help="rebuild grader/examples/ from the release and solutions")
+    _slurm_parser(sub)
+    st = sub.add_parser("status", help="per assignment: submissions graded, pending and failed (from the gradebook)")
+    st.add_argument("-a", "--assignment")
     args = p.parse_args(argv)
     _quiet_libraries()
     course = _course(args)
@@ -472,6 +525,14 @@ def main(argv=None) -> int:
         from .publish import publish
 
         publish(course, Path(args.out), force=args.force, colab=args.colab)
+    elif args.cmd == "slurm":
+        from .cluster import slurm
+
+        slurm(course, _slurm_job(args), dry_run=args.dry_run)
+    elif args.cmd == "status":
+        from .cluster import print_status
+
+        print_status(course, args.assignment)
     elif args.cmd == "examples":
         from .examples import build_examples
 

@@ -75,10 +75,7 @@ class Course:
             dst.parent.mkdir(parents=True, exist_ok=True)
             if not dst.exists() or not filecmp.cmp(src, dst, shallow=False):
                 shutil.copyfile(src, dst)
-        # nbgrader runs the `alembic` command of this Python's environment when it creates a gradebook.
-        bindir = os.path.dirname(sys.executable)
-        if bindir not in os.environ.get("PATH", "").split(os.pathsep):
-            os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+        _venv_on_path()
         # The grading kernels must import effilab from this checkout even if it is not installed.
         paths = [str(self.repo)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
@@ -120,7 +117,15 @@ class Course:
     def gradebook(self):
         from nbgrader.api import Gradebook
 
+        _venv_on_path()
         return Gradebook(self.db_url, course_id="effilab")
+
+
+def _venv_on_path() -> None:
+    """nbgrader runs the `alembic` command of this Python's environment whenever it opens a gradebook."""
+    bindir = os.path.dirname(sys.executable)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
 
 
 def ensure_released(course: Course, assignment: str, log=print) -> None:
