@@ -11,6 +11,7 @@
     python -m grader examples                rebuild the example submissions of grader/examples/
     python -m grader slurm --shards N        grade on a Slurm cluster: a job array, one shard a task
     python -m grader status    [-a A]        per assignment: submissions graded, pending, failed
+    python -m grader leaderboard OUT.html    the class's speed-ups per exercise and GPU, names only if opted in
 """
 from __future__ import annotations
 
@@ -496,6 +497,9 @@ def main(argv=None) -> int:
                     help="the edition's GitHub repository: an Open-in-Colab badge and an install cell per notebook")
     sub.add_parser("examples", help="rebuild grader/examples/ from the release and solutions")
     _slurm_parser(sub)
+    lb = sub.add_parser("leaderboard", help="an HTML page of the class's speed-ups (names only if opted in)")
+    lb.add_argument("out")
+    lb.add_argument("-a", "--assignment")
     st = sub.add_parser("status", help="per assignment: submissions graded, pending and failed (from the gradebook)")
     st.add_argument("-a", "--assignment")
     args = p.parse_args(argv)
@@ -533,6 +537,10 @@ def main(argv=None) -> int:
         from .cluster import print_status
 
         print_status(course, args.assignment)
+    elif args.cmd == "leaderboard":
+        from .leaderboard import write
+
+        print(f"leaderboard: {write(course, Path(args.out), args.assignment)}")
     elif args.cmd == "examples":
         from .examples import build_examples
 
