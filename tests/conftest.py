@@ -18,9 +18,11 @@ import torch  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
-    for item in items:  # with xdist's --dist loadgroup, the tests of the shared examples course stay on one worker
-        if "examples_course" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("examples_course"))
+    # xdist (CI: -n 2 --dist loadgroup) keeps each group on one worker: a test file is a group (its module
+    # fixtures are built once), and every test of the shared examples course is one group across files
+    for item in items:
+        shared = "examples_course" in getattr(item, "fixturenames", ())
+        item.add_marker(pytest.mark.xdist_group("examples_course" if shared else item.nodeid.split("::")[0]))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU: run on the GPU machine")
