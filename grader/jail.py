@@ -68,6 +68,9 @@ INSTALL = ("install bubblewrap: `apt-get install -y bubblewrap` (Debian/Ubuntu),
            "bwrap binary (benchmarks/gpu/bwrap_deb.sh unpacks Debian's on a machine without apt)")
 BASE_UID = 61000  # as root, slot k runs as uid/gid 61000 + k (unused by Debian's allocation ranges)
 MAX_SLOTS = 1000
+# Graders that share a machine (two courses; the test suite's parallel workers) each take their own
+# range of sandbox uids: EFFILAB_SLOT_BASE=k·MAX_SLOTS shifts this process's slots by it.
+SLOT_BASE = int(os.environ.get("EFFILAB_SLOT_BASE", "0") or 0)
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 ETC_FILES = ("/etc/passwd", "/etc/group", "/etc/nsswitch.conf", "/etc/ld.so.cache", "/etc/ld.so.conf",
              "/etc/ld.so.conf.d", "/etc/localtime", "/etc/timezone", "/etc/os-release", "/etc/alternatives",
@@ -321,7 +324,7 @@ class Jail:
     @property
     def uid(self) -> int | None:
         """The sandbox uid when the grader is root (None otherwise: the user namespace maps the caller)."""
-        return BASE_UID + self.slot if os.geteuid() == 0 else None
+        return BASE_UID + SLOT_BASE + self.slot if os.geteuid() == 0 else None
 
     def _home(self) -> Path:
         return self.scratch / ".jail"

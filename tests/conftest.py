@@ -7,6 +7,10 @@
 import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# pytest-xdist workers (CI runs `-n 2`): each grades in a uid range of its own (grader/jail.py)
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _worker.startswith("gw") and _worker[2:].isdigit():
+    os.environ["EFFILAB_SLOT_BASE"] = str(1000 * (1 + int(_worker[2:])))
 
 import effilab  # noqa: E402,F401  (must precede any triton import)
 import pytest  # noqa: E402
@@ -14,6 +18,11 @@ import torch  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
+    # xdist (CI: -n 2 --dist loadgroup) keeps each group on one worker: a test file is a group (its module
+    # fixtures are built once), and every test of the shared examples course is one group across files
+    for item in items:
+        shared = "examples_course" in getattr(item, "fixturenames", ())
+        item.add_marker(pytest.mark.xdist_group("examples_course" if shared else item.nodeid.split("::")[0]))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU: run on the GPU machine")

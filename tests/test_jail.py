@@ -180,7 +180,7 @@ def test_writes_outside_the_scratch_fail(fake_repo, scratch):
     assert {k: v for k, v in seen.items() if v == "ok"} == {}
     assert not any(p.exists() for p in targets.values())
     if ROOT:
-        assert (scratch / "out.txt").stat().st_uid == jail.BASE_UID
+        assert (scratch / "out.txt").stat().st_uid == jail.BASE_UID + jail.SLOT_BASE
 
 
 def test_no_network(scratch):
@@ -253,7 +253,7 @@ def test_nothing_outlives_the_jail(scratch, end):
         os.close(fd)
     assert not survived.exists()
     if ROOT:
-        assert not _processes_of(jail.BASE_UID)
+        assert not _processes_of(jail.BASE_UID + jail.SLOT_BASE)
 
 
 def _processes_of(uid: int) -> list[int]:
@@ -286,7 +286,7 @@ def test_fork_bomb_is_contained(scratch):
     n, err = json.loads(proc.stdout.readline())
     assert err == "EAGAIN" and 0 < n < 40
     if ROOT:
-        uid = jail.BASE_UID + 7
+        uid = jail.BASE_UID + jail.SLOT_BASE + 7
         assert 0 < len(_processes_of(uid)) <= 40
     assert subprocess.run(["true"]).returncode == 0  # the host is unaffected
     jail.kill(proc)
@@ -320,7 +320,7 @@ def test_limits_inside(scratch):
                             "NoNewPrivs": "1"}
     assert seen["home"].startswith(str(scratch)) and seen["cwd"] == str(scratch)
     if ROOT:
-        assert seen["uid"] == [jail.BASE_UID + 3] * 3
+        assert seen["uid"] == [jail.BASE_UID + jail.SLOT_BASE + 3] * 3
 
 
 def test_memory_watchdog_stops_the_jail(scratch):

@@ -242,13 +242,16 @@ def _environment() -> dict:
 
 
 def _sandbox_processes() -> list[str]:
-    """Processes of the sandbox's uids (61000 + slot, when the grader runs as root) still alive."""
+    """Processes of this grader's sandbox uids (61000 + its slot base + slot, when it runs as root) still alive."""
+    from grader import jail
+
     if os.geteuid() != 0:
         return []
     out = []
+    lo = jail.BASE_UID + jail.SLOT_BASE
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if 61000 <= os.stat(f"/proc/{pid}").st_uid < 62000:
+            if lo <= os.stat(f"/proc/{pid}").st_uid < lo + jail.MAX_SLOTS:
                 out.append(pid)
         except FileNotFoundError:
             pass
