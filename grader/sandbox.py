@@ -7,9 +7,9 @@ student code runs.
   worker's scratch folder. Calls made by torch's or triton's own code (e.g. Triton invoking its
   compiler) are allowed: the hook looks at who is calling.
 * One narrower rule for the course's launcher of process groups (effilab/dist.py, notebook 10): its
-  ``os.fork`` is allowed only when every frame on the stack is trusted (the grader's, effilab's,
-  torch's or the standard library's): an exercise spec's ``run`` may start ranks, student code
-  calling the launcher may not. The ranks are forked copies of the worker, hook armed, so student
+  ``os.fork`` is allowed only when every frame between it and the grader's own is trusted
+  (effilab's, torch's or the standard library's): an exercise spec's ``run`` may start ranks,
+  student code calling the launcher may not. The ranks are forked copies of the worker, hook armed, so student
   code in a rank is refused what it is refused in the worker.
 * :class:`Integrity` remembers the objects the checker relies on (timers, CUDA events, the
   checker's functions) and says which were replaced; the worker restores them and scores the
@@ -74,13 +74,17 @@ def _innermost_file() -> str:
 
 
 def _untrusted_on_stack() -> bool:
-    """Whether any frame on the stack is code that is neither the grader's, the trusted packages' nor
-    the standard library's (student cells, ``<string>``, files elsewhere)."""
+    """Whether, between the caller and the grader's own frame that started the work (the worker's
+    ``run_part``), any frame is code that is neither the trusted packages' nor the standard library's
+    (student cells, ``<string>``, files elsewhere). Frames beyond the grader's are the process's
+    start-up (``runpy``), not asked."""
     f = sys._getframe(2)
     while f is not None:
         fn = f.f_code.co_filename
+        if fn.startswith(_GRADER_DIR):
+            return False
         inside_stdlib = fn.startswith(_STDLIB) and "site-packages" not in fn
-        if not inside_stdlib and not any(fn.startswith(d) for d in [*_TRUSTED_DIRS, _GRADER_DIR]):
+        if not inside_stdlib and not any(fn.startswith(d) for d in _TRUSTED_DIRS):
             return True
         f = f.f_back
     return False
