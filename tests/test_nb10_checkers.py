@@ -255,3 +255,12 @@ def test_the_tolerance_rejects_a_sum_instead_of_a_mean(reference):
 
     doubled = [[2 * p for p in r["params"]] for r in out["ranks"]]
     assert compare_params(doubled, out["ranks"][0]["params"], "") is not None
+
+
+def test_run_and_reference_caches_tell_hidden_seeds_apart():
+    """A hidden seed prints as #i whatever the secret: the caches key on its value."""
+    from effilab.grading.specs.nb10 import _plain_key
+
+    ex = get("ZeroAdamW")
+    a, b = (ex.cases("hidden", key_for(ex, "hidden", s))[0].cases[0].meta["s"] for s in (1, 2))
+    assert repr(a) == repr(b) and _plain_key((a,)) != _plain_key((b,))
