@@ -44,12 +44,12 @@ __all__ = ["launch", "RankError", "MAX_RANKS", "in_rank"]
 
 
 class RankError(RuntimeError):
-    """A launch failed: ``rank`` (or None), ``reason`` ("raised", "signal", "timeout", "exit") and
-    the message."""
+    """A launch failed: ``rank`` (or None), ``reason`` ("raised", "signal", "timeout", "exit"), the
+    message, and for "raised" the rank's exception as ``text``."""
 
-    def __init__(self, message: str, rank: int | None = None, reason: str = "raised"):
+    def __init__(self, message: str, rank: int | None = None, reason: str = "raised", text: str = ""):
         super().__init__(message)
-        self.rank, self.reason = rank, reason
+        self.rank, self.reason, self.text = rank, reason, text  # text: the rank's exception, "Type: message"
 
 
 def in_rank() -> bool:
@@ -164,8 +164,8 @@ def _collect(ranks: list[_Rank], deadline: float) -> RankError | None:
             open_[fd].read()
             msg = open_[fd].message()
             if msg and msg[0] == _ERR:
-                return RankError(f"rank {open_[fd].rank} raised {msg[1].decode('utf-8', 'replace')}",
-                                 open_[fd].rank, "raised")
+                text = msg[1].decode("utf-8", "replace")
+                return RankError(f"rank {open_[fd].rank} raised {text}", open_[fd].rank, "raised", text)
     return None
 
 

@@ -90,16 +90,26 @@ def launch_case(ex: str, world: int, fn, *args):
             _HUNG.add(ex)
             return Problem(str(exc), "every rank must call the same collectives, with tensors of the same "
                                      "size, in the same order; wait() on every async work")
+        kind, _, text = exc.text.partition(": ")
+        if kind.endswith(StudentError.__name__):  # the student's code raised: its message, the same on every rank
+            msg, _, hint = text.partition(StudentError.SEP)
+            return Problem(msg, hint)
         return Problem(str(exc)[:1500], "")
 
 
-def student_call(fn, *args):
-    """Call the student's code in a rank; an exception becomes the rank's error text."""
+class StudentError(Exception):
+    """The student's code raised in a rank: the message and the hint, as the rank's error text."""
+
+    SEP = "\n-- hint: "
+
+
+def student_call(fn, *args, **kwargs):
+    """Call the student's code in a rank; an exception becomes the rank's error (every rank stops)."""
     try:
-        return fn(*args)
+        return fn(*args, **kwargs)
     except Exception as exc:
-        msg, _ = describe_exception(exc)
-        raise RuntimeError(msg) from None
+        msg, hint = describe_exception(exc)
+        raise StudentError(msg + StudentError.SEP + hint) from None
 
 
 def compare_params(out_ranks, want: list[torch.Tensor], what: str) -> str | None:

@@ -54,7 +54,7 @@ def state_bytes(root, exclude: list[torch.Tensor], max_depth: int = 8) -> int:
 
 def _zero_rank(rank, world, fn, init, grads):
     params = [p.clone().requires_grad_(True) for p in init]
-    opt = fn(params, **HYPER)
+    opt = student_call(fn, params, **HYPER)
     if not callable(getattr(opt, "step", None)):
         raise TypeError(f"ZeroAdamW(...) gave {type(opt).__name__} without a step() method")
     for step_grads in grads:
