@@ -188,7 +188,7 @@ def test_in_the_worker_student_code_in_a_rank_is_still_sandboxed_and_a_hung_rank
     (secret / "gradebook.db").write_text("grades")
     pids = tmp_path / "pids"
     pids.mkdir()
-    monkeypatch.setattr(nb10, "RANK_TIMEOUT_S", 3.0)  # read by the forked worker children
+    monkeypatch.setattr(nb10, "RANK_TIMEOUT_S", 2.0)  # read by the forked worker children
     setup = ("setup", _cell("setup_imports"))
     parts = [
         _part("bucketed_ddp", [("gradebook", f"GRADEBOOK = '{secret / 'gradebook.db'}'"), setup, ("hostile", HOSTILE)],
