@@ -261,6 +261,36 @@ except RankError as err:  # bucketed_ddp not written yet
     print("fill in bucketed_ddp above to see its timeline:", err)
 """, "demo_ddp_timeline"))
 
+add(code(r"""
+def time_buckets(rank, world, n_tensors, numel, bucket_sizes, repeats=5):
+    # Median seconds to all-reduce n_tensors gradients of `numel` elements, in buckets of each size
+    grads = [torch.randn(numel) for _ in range(n_tensors)]
+    out = []
+    for per_bucket in bucket_sizes:
+        times = []
+        for _ in range(repeats):
+            dist.barrier()
+            t0 = time.perf_counter()
+            works = []
+            for i in range(0, n_tensors, per_bucket):
+                flat = torch.cat(grads[i:i + per_bucket])
+                works.append(dist.all_reduce(flat, async_op=True))
+            for w in works:
+                w.wait()
+            times.append(time.perf_counter() - t0)
+        out.append(sorted(times)[len(times) // 2])
+    return out
+
+
+per_bucket = [1, 4, 16, 64, 256]
+secs = launch(2, time_buckets, 256, 1000, per_bucket)[0]
+plt.figure(figsize=(5, 3.2))
+plt.semilogx([1000 * 4 * b for b in per_bucket], [1e3 * s for s in secs], "o-")
+plt.xlabel("bucket bytes"), plt.ylabel("ms to reduce 256 gradients of 4 kB")
+plt.title("gloo, 2 ranks: fewer, larger reductions")
+plt.show()
+""", "demo_bucket_sizes"))
+
 add(md(r"""
 The last layer's gradients arrive first; its bucket is on the wire while backward goes on through the
 first layers. On a GPU this overlap hides most of the communication (NCCL runs on its own stream); on
