@@ -10,7 +10,7 @@ dicts — no pickle). ``launch`` returns the ranks' values in rank order, or rai
 a hang — a rank that is not done after ``timeout_s`` is killed with every other rank of the launch,
 so a deadlocked collective costs one call, never the caller.
 
-gloo itself moves the tensors over TCP sockets on the loopback interface (``GLOO_SOCKET_IFNAME=lo``:
+gloo itself moves the tensors over TCP sockets on the loopback interface (``GLOO_SOCKET_IFNAME=lo``, unless set:
 the grading jail has its own network namespace, where ``lo`` is the only interface). Those sockets
 are opened by gloo's C++ code, never by Python, so the grading sandbox's audit hook is not asked.
 
@@ -63,6 +63,17 @@ def _write(fd: int, kind: int, payload: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+def _loopback() -> str:
+    """The loopback interface's name: ``lo`` on Linux (the jail's only one), ``lo0`` on macOS."""
+    import socket
+
+    try:
+        names = [n for _, n in socket.if_nameindex()]
+    except OSError:
+        names = []
+    return next((n for n in names if n.startswith("lo")), "lo")
+
+
 def _rank_main(rank: int, world: int, store_dir: str, w: int, fn, args, timeout_s: float) -> None:
     """The body of one forked rank: join the group, run ``fn``, send its value; never returns."""
     code = 0
@@ -74,7 +85,7 @@ def _rank_main(rank: int, world: int, store_dir: str, w: int, fn, args, timeout_
 
         _STATE["in_rank"] = True
         torch.set_num_threads(1)  # ranks share the machine's cores
-        os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", _loopback())
         store = dist.FileStore(os.path.join(store_dir, "store"), world)
         dist.init_process_group("gloo", store=store, rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=timeout_s))
