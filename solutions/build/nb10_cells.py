@@ -6,7 +6,6 @@ from the spec modules, effilab/grading/specs/nb10.py and nb10_zero.py (named bes
 from grader.authoring import code, md, solution, test
 
 from effilab.grading.specs import nb10 as S
-from effilab.grading.specs import nb10_zero as Z
 
 CELLS = []
 add = CELLS.append

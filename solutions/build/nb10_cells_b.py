@@ -2,7 +2,6 @@
 pipeline parallelism (solutions/build/10_distributed.py assembles them)."""
 from grader.authoring import code, md, solution, test
 
-from effilab.grading.specs import nb10 as S
 from effilab.grading.specs import nb10_zero as Z
 
 CELLS = []
