@@ -201,15 +201,15 @@ def bucketed_ddp(model, bucket_numel):
         state["pending"].append((work, flat, params))
         state["bucket"], state["numel"] = [], 0
 
-    def hook(p):
-        state["bucket"].append(p)
-        state["numel"] += p.numel()
+    def on_grad_ready(param):
+        state["bucket"].append(param)
+        state["numel"] += param.numel()
         if state["numel"] >= bucket_numel:
             reduce_bucket()
 
-    for p in model.parameters():
-        if p.requires_grad:
-            p.register_post_accumulate_grad_hook(hook)
+    for param in model.parameters():
+        if param.requires_grad:
+            param.register_post_accumulate_grad_hook(on_grad_ready)
 
     def finish():
         if state["bucket"]:

@@ -227,7 +227,7 @@ class AccumulateNoSync(Exercise):
                   "by 1/k so that the sum of the gradients is the large batch's mean"),
             Group("one reduction per step: no_sync on every micro-batch but the last",
                   [make("count", k, d, s) for s, k, d in zip(seeds, ks, NOSYNC_DIMS)],
-                  "with ddp_model.no_sync(): forward and backward of micro-batches 0…k−2; the last micro-batch's "
+                  "inside ddp_model.no_sync(), forward and backward of micro-batches 0…k−2; the last micro-batch's "
                   "backward, outside no_sync, all-reduces the accumulated gradients once"),
             Group("a single micro-batch (k = 1)",
                   [make("params", 1, d, s) for s, d in zip(seeds, NOSYNC_DIMS)],
