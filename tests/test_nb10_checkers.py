@@ -83,8 +83,8 @@ def test_a_rank_that_raises_or_hangs_is_a_rank_error_and_leaves_no_process(tmp_p
         launch(2, _raise_rank)
     t0 = time.monotonic()
     with pytest.raises(RankError) as err:
-        launch(2, _hang_rank, str(tmp_path), timeout_s=2)
-    assert err.value.reason == "timeout" and time.monotonic() - t0 < 10
+        launch(2, _hang_rank, str(tmp_path), timeout_s=5)  # time for both ranks to start on a busy machine
+    assert err.value.reason == "timeout" and time.monotonic() - t0 < 20
     pids = [int(p.name.split("-")[1]) for p in tmp_path.glob("rank-*")]
     assert len(pids) == 2 and not any(_alive(p) for p in pids)
 
@@ -142,7 +142,7 @@ def _worker_parts(parts: list[dict], scratch: Path) -> list[dict]:
     part, audit hook armed); what each case returned and how each part ended."""
     from grader import zygote
 
-    zygote._preload()  # as the zygote does before forking parts (torch._dynamo imported before the snapshot)
+    import torch._dynamo  # noqa: F401  (as the zygote preloads it: imported before the integrity snapshot)
     out_path = scratch / "frames"
     fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -188,7 +188,7 @@ def test_in_the_worker_student_code_in_a_rank_is_still_sandboxed_and_a_hung_rank
     (secret / "gradebook.db").write_text("grades")
     pids = tmp_path / "pids"
     pids.mkdir()
-    monkeypatch.setattr(nb10, "RANK_TIMEOUT_S", 2.0)  # read by the forked worker children
+    monkeypatch.setattr(nb10, "RANK_TIMEOUT_S", 4.0)  # read by the forked worker children
     setup = ("setup", _cell("setup_imports"))
     parts = [
         _part("bucketed_ddp", [("gradebook", f"GRADEBOOK = '{secret / 'gradebook.db'}'"), setup, ("hostile", HOSTILE)],

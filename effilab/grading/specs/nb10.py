@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from ..calls import Problem, describe_exception
+from ..calls import Problem, describe_exception, to_device
 from ..compare import compare_tensors
 from ..core import Case, Exercise, Group, case_seeds, register
 
@@ -101,6 +101,12 @@ class StudentError(Exception):
     """The student's code raised in a rank: the message and the hint, as the rank's error text."""
 
     SEP = "\n-- hint: "
+
+
+def on_cpu(args):
+    """The case's tensors on the CPU, moved in the worker before the ranks fork: gloo reduces CPU
+    tensors, and a rank forked from a process that initialised CUDA must not touch it."""
+    return to_device(args, torch.device("cpu"))
 
 
 def student_call(fn, *args, **kwargs):
@@ -275,7 +281,7 @@ class BucketedDDP(Exercise):
     def run(self, fn, case):
         m = case.meta
         out = shared_run(fn, (self.name, m["world"], m["dims"], m["s"], m["bucket"]), lambda: launch_case(
-            self.name, m["world"], _ddp_rank, fn, m["dims"], m["s"], m["bucket"], *case.args))
+            self.name, m["world"], _ddp_rank, fn, m["dims"], m["s"], m["bucket"], *on_cpu(case.args)))
         return out if isinstance(out, Problem) else {"ranks": out}
 
     def judge(self, out, case, expected=None):

@@ -11,8 +11,8 @@ import types
 import torch
 
 from ..core import Case, Exercise, Group, case_seeds, register
-from .nb10 import (LR, STATE_SLACK, STEPS, batch, cached, compare_params, launch_case, mlp, reference_launch,
-                   shard, shared_run, student_call)
+from .nb10 import (LR, STATE_SLACK, STEPS, batch, cached, compare_params, launch_case, mlp, on_cpu,
+                   reference_launch, shard, shared_run, student_call)
 
 NOTEBOOK = "10_distributed"
 HYPER = {"lr": 1e-2, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.1}
@@ -128,7 +128,7 @@ class ZeroAdamW(Exercise):
     def run(self, fn, case):
         m = case.meta
         out = shared_run(fn, (self.name, m["world"], m["n"], m["s"], case.label), lambda: launch_case(
-            self.name, m["world"], _zero_rank, fn, *case.args))
+            self.name, m["world"], _zero_rank, fn, *on_cpu(case.args)))
         return out if not isinstance(out, list) else {"ranks": out}
 
     def judge(self, out, case, expected=None):
@@ -237,7 +237,7 @@ class AccumulateNoSync(Exercise):
     def run(self, fn, case):
         m = case.meta
         out = shared_run(fn, (self.name, m["dims"], m["s"], m["k"]), lambda: launch_case(
-            self.name, 2, _nosync_rank, fn, m["dims"], m["s"], m["k"], *case.args))
+            self.name, 2, _nosync_rank, fn, m["dims"], m["s"], m["k"], *on_cpu(case.args)))
         return out if not isinstance(out, list) else {"ranks": out}
 
     def judge(self, out, case, expected=None):
