@@ -8,7 +8,8 @@ back through a pipe as plain data (:mod:`effilab.grading.wire`: tensors, numbers
 dicts — no pickle). ``launch`` returns the ranks' values in rank order, or raises
 :class:`RankError` saying which rank failed and how: an exception (its text), death by a signal, or
 a hang — a rank that is not done after ``timeout_s`` is killed with every other rank of the launch,
-so a deadlocked collective costs one call, never the caller.
+so a deadlocked collective costs one call, never the caller. A group that fails to form (before
+``fn`` runs) is formed again, up to :data:`INIT_ATTEMPTS` times.
 
 gloo itself moves the tensors over TCP sockets on the loopback interface (``GLOO_SOCKET_IFNAME=lo``, unless set:
 the grading jail has its own network namespace, where ``lo`` is the only interface). Those sockets
@@ -36,7 +37,8 @@ import traceback
 
 MAX_RANKS = 4
 _HEAD = struct.Struct("<BQ")
-_OK, _ERR = 1, 2
+_OK, _ERR, _INIT_ERR = 1, 2, 3
+INIT_ATTEMPTS = 3  # a group that failed to form (a loopback connection refused on a busy machine) is formed again
 _STATE = {"in_rank": False}
 _ONE_AT_A_TIME = threading.Lock()  # the grader judges on two threads: their launches take turns
 
@@ -44,8 +46,9 @@ __all__ = ["launch", "RankError", "MAX_RANKS", "in_rank"]
 
 
 class RankError(RuntimeError):
-    """A launch failed: ``rank`` (or None), ``reason`` ("raised", "signal", "timeout", "exit"), the
-    message, and for "raised" the rank's exception as ``text``."""
+    """A launch failed: ``rank`` (or None), ``reason`` ("raised", "init": joining the group failed,
+    "signal", "timeout", "exit"), the message, and for "raised" / "init" the rank's exception as
+    ``text``."""
 
     def __init__(self, message: str, rank: int | None = None, reason: str = "raised", text: str = ""):
         super().__init__(message)
@@ -86,9 +89,13 @@ def _rank_main(rank: int, world: int, store_dir: str, w: int, fn, args, timeout_
         _STATE["in_rank"] = True
         torch.set_num_threads(1)  # ranks share the machine's cores
         os.environ.setdefault("GLOO_SOCKET_IFNAME", _loopback())
-        store = dist.FileStore(os.path.join(store_dir, "store"), world)
-        dist.init_process_group("gloo", store=store, rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        try:
+            store = dist.FileStore(os.path.join(store_dir, "store"), world)
+            dist.init_process_group("gloo", store=store, rank=rank, world_size=world,
+                                    timeout=datetime.timedelta(seconds=timeout_s))
+        except Exception as exc:
+            _write(w, _INIT_ERR, "".join(traceback.format_exception_only(type(exc), exc)).strip()[:4000].encode())
+            os._exit(1)
         try:
             value = fn(rank, world, *args)
             payload = wire.dumps(value)
@@ -174,9 +181,10 @@ def _collect(ranks: list[_Rank], deadline: float) -> RankError | None:
         for fd in ready:
             open_[fd].read()
             msg = open_[fd].message()
-            if msg and msg[0] == _ERR:
+            if msg and msg[0] in (_ERR, _INIT_ERR):
                 text = msg[1].decode("utf-8", "replace")
-                return RankError(f"rank {open_[fd].rank} raised {text}", open_[fd].rank, "raised", text)
+                return RankError(f"rank {open_[fd].rank} raised {text}", open_[fd].rank,
+                                 "raised" if msg[0] == _ERR else "init", text)
     return None
 
 
@@ -189,7 +197,13 @@ def launch(world_size: int, fn, *args, timeout_s: float = 60.0) -> list:
         raise RuntimeError("launch: a rank cannot launch ranks")
     _warm()
     with _ONE_AT_A_TIME:
-        return _launch(int(world_size), fn, args, float(timeout_s))
+        for attempt in range(INIT_ATTEMPTS):
+            try:
+                return _launch(int(world_size), fn, args, float(timeout_s))
+            except RankError as exc:  # only a group that never formed is tried again: fn never ran
+                if exc.reason != "init" or attempt == INIT_ATTEMPTS - 1:
+                    raise
+    raise AssertionError("unreachable")
 
 
 def _warm() -> None:
