@@ -6,6 +6,11 @@ student code runs.
   under the course's secret folders (gradebook, solutions, hidden tests) or writing outside the
   worker's scratch folder. Calls made by torch's or triton's own code (e.g. Triton invoking its
   compiler) are allowed: the hook looks at who is calling.
+* One narrower rule for the course's launcher of process groups (effilab/dist.py, notebook 10): its
+  ``os.fork`` is allowed only when every frame between it and the grader's own is trusted
+  (effilab's, torch's or the standard library's): an exercise spec's ``run`` may start ranks,
+  student code calling the launcher may not. The ranks are forked copies of the worker, hook armed, so student
+  code in a rank is refused what it is refused in the worker.
 * :class:`Integrity` remembers the objects the checker relies on (timers, CUDA events, the
   checker's functions) and says which were replaced; the worker restores them and scores the
   part 0 when student code tampered with them.
@@ -22,6 +27,8 @@ _ACTIVE = [False]
 _DENY_READ: list[str] = []
 _ALLOW_WRITE: list[str] = []
 _TRUSTED_DIRS: list[str] = []
+_LAUNCHERS: list[str] = []  # effilab/dist.py: forks only from a stack of trusted frames
+_GRADER_DIR = os.path.dirname(os.path.realpath(__file__)) + os.sep
 
 DENIED_EVENTS = {
     "subprocess.Popen": "starting a process",
@@ -59,10 +66,37 @@ def _trusted_caller() -> bool:
     return False
 
 
+def _innermost_file() -> str:
+    f = sys._getframe(2)
+    while f is not None and f.f_code.co_filename.startswith(_STDLIB) and "site-packages" not in f.f_code.co_filename:
+        f = f.f_back
+    return os.path.realpath(f.f_code.co_filename) if f is not None and not f.f_code.co_filename.startswith("<") else ""
+
+
+def _untrusted_on_stack() -> bool:
+    """Whether, between the caller and the grader's own frame that started the work (the worker's
+    ``run_part``), any frame is code that is neither the trusted packages' nor the standard library's
+    (student cells, ``<string>``, files elsewhere). Frames beyond the grader's are the process's
+    start-up (``runpy``), not asked."""
+    f = sys._getframe(2)
+    while f is not None:
+        fn = f.f_code.co_filename
+        if fn.startswith(_GRADER_DIR):
+            return False
+        inside_stdlib = fn.startswith(_STDLIB) and "site-packages" not in fn
+        if not inside_stdlib and not any(fn.startswith(d) for d in _TRUSTED_DIRS):
+            return True
+        f = f.f_back
+    return False
+
+
 def _hook(event: str, args) -> None:
     if not _ACTIVE[0]:
         return
     if event in DENIED_EVENTS:
+        if event == "os.fork" and _innermost_file() in _LAUNCHERS and _untrusted_on_stack():
+            raise PermissionError("grading sandbox: starting ranks (effilab.dist.launch) is the exercise's job, "
+                                  "not graded code's")
         if not _trusted_caller():
             raise PermissionError(f"grading sandbox: {DENIED_EVENTS[event]} ({event}) is not allowed in graded code")
         return
@@ -93,6 +127,7 @@ def install(deny_read: list[str], allow_write: list[str]) -> None:
     except ImportError:
         pass
     _TRUSTED_DIRS[:] = [os.path.realpath(d) + os.sep for d in trusted]
+    _LAUNCHERS[:] = [os.path.realpath(os.path.join(os.path.dirname(effilab.__file__), "dist.py"))]
     sys.addaudithook(_hook)
     _ACTIVE[0] = True
 

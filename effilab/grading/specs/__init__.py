@@ -9,3 +9,4 @@ from . import nb07  # noqa: F401
 from . import nb07_layers  # noqa: F401
 from . import nb08  # noqa: F401
 from . import nb09  # noqa: F401
+from . import nb10  # noqa: F401
