@@ -17,6 +17,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the groups into node id suffixes
 def pytest_collection_modifyitems(config, items):
     # xdist (CI: -n 2 --dist loadgroup) keeps each group on one worker: a test file is a group (its module
     # fixtures are built once), and every test of the shared examples course is one group across files
