@@ -84,7 +84,8 @@ def test_a_rank_that_raises_or_hangs_is_a_rank_error_and_leaves_no_process(tmp_p
     t0 = time.monotonic()
     with pytest.raises(RankError) as err:
         launch(2, _hang_rank, str(tmp_path), timeout_s=5)  # time for both ranks to start on a busy machine
-    assert err.value.reason == "timeout" and time.monotonic() - t0 < 20
+    # stopped by its timeout, not by the hang's end (600 s): half of it leaves any machine's speed out of it
+    assert err.value.reason == "timeout" and time.monotonic() - t0 < 300
     pids = [int(p.name.split("-")[1]) for p in tmp_path.glob("rank-*")]
     assert pids and not any(_alive(p) for p in pids)  # (a rank still starting when time ran out left no file)
 
@@ -209,7 +210,7 @@ def test_in_the_worker_student_code_in_a_rank_is_still_sandboxed_and_a_hung_rank
     assert all("an earlier case of this exercise hung" in r.message for r in rest)
     ranks = [int(p.name.split("-")[1]) for p in pids.glob("rank-*")]
     assert ranks and not any(_alive(p) for p in ranks)  # the hung rank and its partner are gone
-    assert hung["end"]["seconds"] < 60
+    assert hung["end"]["seconds"] < 300  # the part ended on its timeout, long before the hang's 600 s
 
     for (gi, ci), out in zero["cases"].items():  # the next exercise is graded as usual, from plain data
         assert isinstance(out, dict) and all(type(p) is torch.Tensor for r in out["ranks"] for p in r["params"])
