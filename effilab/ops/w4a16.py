@@ -99,14 +99,16 @@ def _finish(acc, y_ptr, part_ptr, lock_ptr, offs_m, offs_n, M, N, stride_ym, pid
         tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=mask)
     else:
         p_off = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]  # workspace (SPLIT, M, N), fp32
-        tl.store(part_ptr + pid_k * M * N + p_off, acc, mask=mask)
+        tl.store(part_ptr + pid_k.to(tl.int64) * M * N + p_off, acc, mask=mask)
         tl.debug_barrier()  # every thread's partial is written before the (release) increment
         arrived = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel")
         tl.debug_barrier()
         if arrived == SPLIT - 1:
             tot = tl.zeros_like(acc)
-            for s in range(0, SPLIT):  # .cg: read through L2, where the other SMs wrote
-                tot += tl.load(part_ptr + s * M * N + p_off, mask=mask, other=0.0, cache_modifier=".cg")
+            parts = part_ptr + p_off
+            for _ in range(0, SPLIT):  # .cg: read through L2, where the other SMs wrote
+                tot += tl.load(parts, mask=mask, other=0.0, cache_modifier=".cg")
+                parts += M * N
             tl.store(y_ptr + y_off, tot.to(y_ptr.dtype.element_ty), mask=mask)
             tl.atomic_xchg(lock_ptr + tile, 0)  # ready for the next launch
 
