@@ -47,10 +47,10 @@ from typing import NamedTuple
 
 from ._utils import as_2d_rows, is_interpreter, max_shared_mem, next_power_of_2, num_sms, warps_for_row
 
-__all__ = ["rms_norm_reference", "rms_norm", "RMSNormFunction", "MAX_COLS", "BwdConfig", "BWD_CONFIGS"]
+__all__ = ["rms_norm_reference", "rms_norm", "RMSNormFunction", "MAX_COLS", "BwdConfig", "BWD_CONFIGS", "FWD_CONFIGS"]
 __ops__ = ("rms_norm", "rms_norm_reference")  # added to effilab.ops (see effilab/ops/__init__.py)
 
-MAX_COLS = 65536  # one row tile must fit in registers
+MAX_COLS = 65536  # widest row the forward keeps in one register tile; wider rows are walked in chunks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,6 +98,32 @@ def _rms_norm_fwd_kernel(
     tl.store(y_ptr + rows64[:, None] * stride_y_row + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
     if STORE_RSTD:
         tl.store(rstd_ptr + rows, rstd, mask=row_ok)
+
+
+@triton.jit
+def _rms_norm_fwd_chunked_kernel(
+    x_ptr, w_ptr, y_ptr, rstd_ptr,  # as in _rms_norm_fwd_kernel
+    stride_x_row, stride_y_row, n_rows, n_cols, eps,
+    CHUNK_N: tl.constexpr,  # columns per chunk: rows wider than MAX_COLS, one row per program
+    STORE_RSTD: tl.constexpr,
+):
+    row = tl.program_id(0)
+    r64 = tl.cast(row, tl.int64)
+    offs = tl.arange(0, CHUNK_N)
+    acc = tl.zeros((CHUNK_N,), dtype=tl.float32)
+    for c0 in range(0, n_cols, CHUNK_N):
+        cols = c0 + offs
+        x = tl.load(x_ptr + r64 * stride_x_row + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
+        acc += x * x
+    rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=0) / n_cols + eps)
+    for c0 in range(0, n_cols, CHUNK_N):  # the row was just read: L2 hits
+        cols = c0 + offs
+        ok = cols < n_cols
+        x = tl.load(x_ptr + r64 * stride_x_row + cols, mask=ok, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+        tl.store(y_ptr + r64 * stride_y_row + cols, (x * rstd * w).to(y_ptr.dtype.element_ty), mask=ok)
+    if STORE_RSTD:
+        tl.store(rstd_ptr + row, rstd)
 
 
 @triton.jit
@@ -208,9 +234,21 @@ def _rms_norm_bwd_chunked_kernel(
 # ---------------------------------------------------------------------------------------------
 # 3. Launchers
 # ---------------------------------------------------------------------------------------------
-def _fwd_config(n_cols: int, elem_bytes: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps) for the forward kernel."""
+# Forward launch configurations that the benchmark sweeps: (BLOCK_M, num_warps); BLOCK_M = 0 means
+# the chunked forward (4096-column chunks), the default only for rows wider than MAX_COLS.
+FWD_CONFIGS = [(1, 4), (1, 8), (1, 16), (2, 8), (2, 16), (4, 16), (0, 8)]
+
+
+def _fwd_config(n_cols: int, elem_bytes: int, config=None) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps) for the forward kernel; BLOCK_M 0: chunked, BLOCK_N the chunk."""
     block_n = max(16, next_power_of_2(n_cols))  # (>= 16: no degenerate 1-element tiles)
+    if config is not None:
+        block_m, num_warps = config
+        if block_m == 0 or block_n > MAX_COLS:
+            return 0, min(block_n, 4096), num_warps
+        return block_m, block_n, num_warps
+    if block_n > MAX_COLS:
+        return 0, 4096, warps_for_row(4096, elem_bytes)
     if is_interpreter():  # CPU: few, fat programs
         return max(1, min(64, 32768 // block_n)), block_n, 4
     # GPU: one row per program for rows of >= 2048 elements; pack narrow rows so a program still
@@ -222,13 +260,12 @@ def _fwd_config(n_cols: int, elem_bytes: int) -> tuple[int, int, int]:
 def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
     if weight.dim() != 1 or weight.shape[0] != x.shape[-1]:
         raise ValueError(f"weight must have shape ({x.shape[-1]},), got {tuple(weight.shape)}")
-    if x.shape[-1] > MAX_COLS:
-        raise ValueError(f"rms_norm supports rows of at most {MAX_COLS} elements, got {x.shape[-1]}")
     if x.device != weight.device:
         raise ValueError("x and weight must be on the same device")
 
 
-def rms_norm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, store_rstd: bool = True):
+def rms_norm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, store_rstd: bool = True,
+                     config=None):
     """Launch the forward kernel. Returns ``(y, x2d, rstd)`` with ``x2d`` the (rows, cols) view of x."""
     _check(x, weight)
     x2 = as_2d_rows(x)
@@ -238,7 +275,13 @@ def rms_norm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, s
     rstd = torch.empty(n_rows if store_rstd else 1, dtype=torch.float32, device=x.device)
     if n_rows == 0:
         return y2.view(x.shape), x2, rstd
-    block_m, block_n, num_warps = _fwd_config(n_cols, x.element_size())
+    block_m, block_n, num_warps = _fwd_config(n_cols, x.element_size(), config)
+    if block_m == 0:
+        _rms_norm_fwd_chunked_kernel[(n_rows,)](
+            x2, weight, y2, rstd, x2.stride(0), y2.stride(0), n_rows, n_cols, eps,
+            CHUNK_N=block_n, STORE_RSTD=store_rstd, num_warps=num_warps,
+        )
+        return y2.view(x.shape), x2, rstd
     grid = (triton.cdiv(n_rows, block_m),)
     _rms_norm_fwd_kernel[grid](
         x2, weight, y2, rstd,
@@ -433,8 +476,8 @@ def rms_norm_backward(dy: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, 
 # ---------------------------------------------------------------------------------------------
 class RMSNormFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, eps, bwd_config=None):
-        y, x2, rstd = rms_norm_forward(x, weight, eps, store_rstd=True)
+    def forward(ctx, x, weight, eps, bwd_config=None, fwd_config=None):
+        y, x2, rstd = rms_norm_forward(x, weight, eps, store_rstd=True, config=fwd_config)
         ctx.save_for_backward(x2, weight, rstd)
         ctx.x_shape = x.shape
         ctx.bwd_config = bwd_config
@@ -444,20 +487,22 @@ class RMSNormFunction(torch.autograd.Function):
     def backward(ctx, dy):
         x2, weight, rstd = ctx.saved_tensors
         dx2, dw = rms_norm_backward(dy, x2, weight, rstd, ctx.bwd_config)
-        return dx2.view(ctx.x_shape), dw, None, None
+        return dx2.view(ctx.x_shape), dw, None, None, None
 
 
 # ---------------------------------------------------------------------------------------------
 # 5. Functional entry point
 # ---------------------------------------------------------------------------------------------
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, *, bwd_config=None) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, *, bwd_config=None,
+             fwd_config=None) -> torch.Tensor:
     """Fused RMSNorm over the last dimension of ``x`` (any leading shape), with autograd.
 
     ``weight`` has shape ``(x.shape[-1],)``; the output has ``x``'s dtype. Statistics are computed
     in fp32. ``bwd_config`` (a ``BwdConfig``, or a plain ``(BLOCK_M, programs_per_SM, num_warps,
     num_stages)`` persistent configuration) overrides the backward launch (used by the benchmark
-    sweep). Rows of up to ``MAX_COLS`` elements are supported.
+    sweep); ``fwd_config=(BLOCK_M, num_warps)`` the forward one (``FWD_CONFIGS``). Rows of any width
+    run: up to ``MAX_COLS`` columns in one register tile, wider ones in chunks.
     """
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        return RMSNormFunction.apply(x, weight, eps, bwd_config)
-    return rms_norm_forward(x, weight, eps, store_rstd=False)[0]
+        return RMSNormFunction.apply(x, weight, eps, bwd_config, fwd_config)
+    return rms_norm_forward(x, weight, eps, store_rstd=False, config=fwd_config)[0]

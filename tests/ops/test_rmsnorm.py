@@ -75,7 +75,7 @@ def test_module_wrapper():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("config", [None] + rmsnorm.BWD_CONFIGS)
+@pytest.mark.parametrize("config", [None] + rmsnorm.BWD_CONFIGS, ids=str)
 def test_gpu_bf16_real_shape(config):
     x = randn(16384, 4096, dtype=torch.bfloat16, seed=20, device="cuda", requires_grad=True)
     w = (1 + 0.1 * randn(4096, seed=21, device="cuda")).to(torch.bfloat16).requires_grad_()
@@ -92,7 +92,7 @@ def test_gpu_bf16_real_shape(config):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("n_cols", [781, 1024, 8192, 16384, 65536])
+@pytest.mark.parametrize("n_cols", [781, 1024, 8192, 16384, 20000, 32768, 65536, 100000])
 def test_gpu_shapes(n_cols):
     x = randn(257, n_cols, dtype=torch.bfloat16, seed=23, device="cuda", requires_grad=True)
     w = randn(n_cols, dtype=torch.bfloat16, seed=24, device="cuda", requires_grad=True)
@@ -131,20 +131,25 @@ def test_backward_variants(config, shape):
     assert_close(w.grad, dw_ref, torch.float32, name="dw")
 
 
-def test_chunked_backward_wider_than_a_register_tile():
-    """65536+ columns: the chunked backward (the default beyond FULL_ROW_MAX) on a row wider than MAX_COLS's tile."""
+def test_rows_wider_than_max_cols():
+    """65536+ columns: the chunked forward and backward (the defaults there) on 70001-wide rows."""
     n = 70001
     x = randn(3, n, dtype=torch.float16, seed=33, requires_grad=True)
     w = (1 + 0.1 * randn(n, seed=34)).requires_grad_()
     dy = randn(3, n, dtype=torch.float16, seed=35)
-    y2, x2, rstd = rmsnorm.rms_norm_forward(x.detach()[:, :65536].contiguous(), w.detach()[:65536])
-    del y2, x2, rstd  # (the forward has its own width limit; the backward is exercised directly)
-    xf = x.detach().float()
-    rstd = torch.rsqrt(xf.pow(2).mean(-1) + 1e-6)
-    dx, dw = rmsnorm.rms_norm_backward(dy, x.detach(), w.detach(), rstd, rmsnorm.BwdConfig("chunked", 1, 2, 4, 1, 8192))
-    _, (dx_ref, dw_ref) = ref_grads(lambda a, b: rms_norm_reference(a, b, 1e-6), [x, w], dy)
-    assert_close(dx, dx_ref, torch.float16, name="dx")
-    assert_close(dw, dw_ref, torch.float16, name="dw")
+    y = rms_norm(x, w, 1e-6, bwd_config=rmsnorm.BwdConfig("chunked", 1, 2, 4, 1, 8192))
+    y.backward(dy)
+    y_ref, (dx_ref, dw_ref) = ref_grads(lambda a, b: rms_norm_reference(a, b, 1e-6), [x, w], dy)
+    assert_close(y, y_ref, torch.float16, name="y")
+    assert_close(x.grad, dx_ref, torch.float16, name="dx")
+    assert_close(w.grad, dw_ref, torch.float16, name="dw")
+
+
+@pytest.mark.parametrize("config", [None] + rmsnorm.FWD_CONFIGS, ids=str)
+def test_forward_configs(config):
+    x = randn(19, 333, seed=36)
+    w = randn(333, seed=37)
+    assert_close(rms_norm(x, w, fwd_config=config), rms_norm_reference(x.double(), w.double()), torch.float32)
 
 
 H200_SMEM, T4_SMEM = 232448, 65536
