@@ -98,6 +98,9 @@ def main() -> int:
             label = "default" if cfg is None else rmsnorm.as_bwd_config(cfg).label()
             rep.bench(f"effilab bwd {label}", "bwd", lambda cfg=cfg: rmsnorm.rms_norm_backward(dy, x, w, rstd, cfg),
                       bytes_bwd, sweep=cfg is not None)
+    for key, cfg in rmsnorm.TUNED.items():
+        rep.note(f"the default backward timed its candidates at the first call and picked {cfg.label()} "
+                 f"(BLOCK_N {key[0]}, rows <= {key[-1]})")
     floor_ms = bytes_fwdbwd / (C.COPY_GBS * 1e9) * 1e3
     rep.note(f"fwd+bwd byte floor at {C.COPY_GBS:.0f} GB/s: {floor_ms:.3f} ms; target <= 0.36 ms")
     if liger is None:

@@ -29,6 +29,11 @@ layer-norm tutorial and of Liger-Kernel). Three backward variants (``BwdConfig.v
   over the row in ``chunk_n``-wide chunks, the first for ``mean(g * xhat)``, the second (reading a
   row that is still in L2) for ``dx``; the program's partial ``dw`` row lives in global memory.
 
+Which full-row launch is fastest depends on the GPU (the H100 sweep favoured one persistent program
+per SM with a 2-stage prefetch; the H200 measured that at 0.9 TB/s in the backward), so without a
+``bwd_config`` the first backward of a shape on a GPU times the static default against a few
+blocked launches (``bwd_candidates``) and keeps the winner (``TUNED``), as ``triton.autotune`` does.
+
 Shared memory is budgeted before the launch (``smem_bytes``): a prefetching configuration that would
 not fit the device (wide rows, small GPUs) drops to fewer stages, and an ``OutOfResources`` at launch
 falls back to one stage and then to the chunked variant, so every width runs on every GPU.
@@ -36,6 +41,8 @@ falls back to one stage and then to the chunked variant, so every width runs on 
 Layout (Triton-tutorial order): reference -> kernels -> launchers -> autograd.Function -> ``rms_norm``.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -447,8 +454,70 @@ def _out_of_resources():
         return RuntimeError
 
 
+def bwd_candidates(cfg: BwdConfig) -> list[BwdConfig]:
+    """What the first GPU backward of a shape times against the static default ``cfg`` (full rows):
+    the default itself, then blocked launches with 2 to 8 programs per SM (more rows in flight)."""
+    m, w = cfg.block_m, cfg.num_warps
+    return [cfg] + [BwdConfig("blocked", m, per_sm, warps, 2) for per_sm, warps in
+                    ((4, w), (2, w), (4, max(4, w // 2)), (8, max(4, w // 2)))]
+
+
+def pick_fastest(candidates, time_ms):
+    """The candidate with the smallest ``time_ms(candidate)``; those that raise are skipped."""
+    best, best_ms = None, float("inf")
+    for cfg in candidates:
+        try:
+            ms = time_ms(cfg)
+        except _out_of_resources():
+            continue
+        if ms < best_ms:
+            best, best_ms = cfg, ms
+    return best
+
+
+# (BLOCK_N, dtypes, device, rows rounded to a power of two) -> the backward the first call picked
+TUNED: dict = {}
+
+
+def _tune_enabled(device: torch.device) -> bool:
+    return (device.type == "cuda" and not is_interpreter() and os.environ.get("EFFILAB_RMSNORM_TUNE", "1") != "0"
+            and not torch.cuda.is_current_stream_capturing())
+
+
+def _tuned(cfg: BwdConfig, block_n, dy2, x2, weight, rstd, dx2, n_sms) -> BwdConfig:
+    """The fastest of ``bwd_candidates(cfg)`` on these tensors, timed once per shape class (CUDA
+    events, 3 launches after a warm-up one that also compiles) and remembered in ``TUNED``.
+
+    The kernels of the benchmark sweep choose this way at the first backward instead of a fixed
+    table, since the best launch differs between GPUs (H100: persistent, 1 program/SM, 2 stages).
+    """
+    key = (block_n, x2.dtype, dy2.dtype, weight.dtype, str(x2.device), next_power_of_2(x2.shape[0]))
+    if key in TUNED:
+        return TUNED[key]
+    smem = max_shared_mem(x2.device)
+
+    def time_ms(c):
+        c = _fit(c, block_n, x2.element_size(), dy2.element_size(), smem)
+        _launch_full_row(c, block_n, dy2, x2, weight, rstd, dx2, n_sms)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(3):
+            _launch_full_row(c, block_n, dy2, x2, weight, rstd, dx2, n_sms)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+
+    best = pick_fastest(bwd_candidates(cfg), time_ms) or cfg
+    TUNED[key] = _fit(best, block_n, x2.element_size(), dy2.element_size(), smem)
+    return TUNED[key]
+
+
 def rms_norm_backward(dy: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor, config=None):
-    """Launch the backward kernel. Returns ``(dx2d, dweight)``."""
+    """Launch the backward kernel. Returns ``(dx2d, dweight)``.
+
+    ``config`` None on a GPU: full-row widths time a few launches at the first call of a shape
+    (``bwd_candidates``, kept in ``TUNED``; ``EFFILAB_RMSNORM_TUNE=0`` keeps the static default).
+    """
     dy2 = as_2d_rows(dy)
     n_rows, n_cols = x2.shape
     dx2 = torch.empty((n_rows, n_cols), dtype=x2.dtype, device=x2.device)
@@ -460,6 +529,8 @@ def rms_norm_backward(dy: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, 
         dw_partial = _launch_chunked(cfg, dy2, x2, weight, rstd, dx2, n_sms)
     else:
         try:
+            if config is None and _tune_enabled(x2.device):
+                cfg = _tuned(cfg, block_n, dy2, x2, weight, rstd, dx2, n_sms)
             dw_partial = _launch_full_row(cfg, block_n, dy2, x2, weight, rstd, dx2, n_sms)
         except _out_of_resources():
             # the estimate was short of what this Triton / GPU needs: one stage, then chunks

@@ -188,3 +188,21 @@ def test_max_shared_mem_stand_in_on_cpu():
     from effilab.ops._utils import max_shared_mem
 
     assert max_shared_mem(torch.device("cpu")) == H200_SMEM
+
+
+def test_pick_fastest_skips_configs_that_do_not_fit():
+    from triton.runtime.errors import OutOfResources
+
+    cands = rmsnorm.bwd_candidates(rmsnorm.BwdConfig("persistent", 1, 1, 8, 2))
+    assert cands[0].variant == "persistent" and all(c.variant == "blocked" for c in cands[1:])
+    assert len(set(cands)) == len(cands)
+    times = {c: 1.0 + i for i, c in enumerate(cands)}
+
+    def fake(c):
+        if c == cands[0]:
+            raise OutOfResources(262276, 232448, "shared memory")
+        return times[c]
+
+    assert rmsnorm.pick_fastest(cands, fake) == cands[1]
+    assert rmsnorm.pick_fastest(cands[:1], fake) is None  # then the static default is used
+    assert not rmsnorm._tune_enabled(torch.device("cpu"))  # only on a GPU
