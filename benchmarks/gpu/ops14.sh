@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/gpu/ops14.sh          # everything in $OUT/ops14.tgz (OUT default /tmp/effilab-gpu)
 #
-# 1. benchmarks/ops/run_all.sh --quick (deadline 270 s, killed at 285 s): every kernel against Liger-Kernel (when
+# 1. benchmarks/ops/run_all.sh --quick (deadline 260 s, killed at 275 s): every kernel against Liger-Kernel (when
 #    importable: install its wheel to /tmp/site and put that on PYTHONPATH first), torch.compile,
 #    F.rms_norm, the cuDNN / flash / efficient SDPA backends, the RMSNorm backward variants' sweep
 #    and the CUDA C++ RMSNorm v1-v3; summary.md starts with the side-by-side table (floor, fraction
@@ -29,7 +29,7 @@ stamp() { echo "== [$(( $(date +%s) - T0 )) s] $*"; }
 } | tee "$R/versions.txt"
 
 stamp "1. benchmarks/ops/run_all.sh --quick"
-timeout -k 5 285 bash benchmarks/ops/run_all.sh --out "$R/bench" --quick --deadline 270 > /dev/null 2>&1
+timeout -k 5 275 bash benchmarks/ops/run_all.sh --out "$R/bench" --quick --deadline 260 > /dev/null 2>&1
 echo "run_all exit $?"
 sed -n '/^## Side by side/,/^## RMSNorm/p' "$R/bench/summary.md" 2>/dev/null | head -40
 

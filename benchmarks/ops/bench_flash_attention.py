@@ -75,8 +75,9 @@ def main() -> int:
             for name, fn in cands.items():
                 rep.bench(name, mode, fn, flops, memory_fn=fn)
             if not args.no_sweep:
-                configs = fa.CONFIGS[:3] if args.quick else fa.CONFIGS
-                for cfg in configs + (fa.TMA_CONFIGS if fa.tma_available() else []):
+                configs = fa.CONFIGS[:2] if args.quick else fa.CONFIGS
+                tma = (fa.TMA_CONFIGS[:2] if args.quick else fa.TMA_CONFIGS) if fa.tma_available() else []
+                for cfg in configs + tma:
                     if causal and cfg["BLOCK_M"] % cfg["BLOCK_N"]:
                         continue
                     rep.bench("effilab " + label(cfg), mode,
