@@ -123,6 +123,17 @@ _MEASURED: list[tuple[str, PeakRates]] = [
         gpu="H100 SXM 80GB",
         notes="bf16 8192^3 matmul: 710 TFLOP/s (another run saw 798); "
               "RMSNorm via torch.compile: 2840 GB/s",
+    )),    # The H200 of the course's GPU machine (torch names it "NVIDIA H200"; the NVL variant is not this).
+    (r"\bH200\b(?!.*\bNVL\b)", PeakRates(
+        bandwidth_gbs=4250.0,  # device-to-device copy, bytes read + written (0.89 of the 4.8 TB/s datasheet)
+        bf16_tflops=716.0,  # torch.matmul, bf16, 8192^3, random data (same die and clocks as the H100 SXM)
+        fp16_tflops=None,
+        tf32_tflops=None,
+        fp32_tflops=None,
+        source="measured on NVIDIA H200, 2026-12-01 (torch 2.11, triton 3.6)",
+        gpu="H200 SXM 141GB",
+        notes="ceilings of the issue-14 kernel benchmarks (benchmarks/ops); "
+              "RMSNorm forward 16384x4096 bf16: effilab 3840 GB/s, Liger-Kernel 3890 GB/s",
     )),
 ]
 

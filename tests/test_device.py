@@ -53,6 +53,15 @@ def test_measured_rates_only_on_reference_gpu():
     assert device.measured_rates("NVIDIA A100-SXM4-80GB") is None
 
 
+def test_measured_rates_of_the_h200():
+    m = device.measured_rates("NVIDIA H200")
+    assert m is not None and m.bandwidth_gbs == 4250 and m.bf16_tflops == 716
+    assert m.source.startswith("measured on NVIDIA H200") and m.gpu == "H200 SXM 141GB"
+    assert m.bandwidth_gbs < device.peak_rates("NVIDIA H200").bandwidth_gbs  # below the datasheet
+    assert device.measured_rates("NVIDIA H200 NVL") is None  # another board, other clocks
+    assert device.measured_rates("NVIDIA H100 80GB HBM3").bandwidth_gbs == 2990  # the H100 row is kept
+
+
 def test_peak_rates_is_frozen():
     r = device.peak_rates("NVIDIA L4")
     with pytest.raises(dataclasses.FrozenInstanceError):

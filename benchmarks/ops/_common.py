@@ -2,13 +2,18 @@
 
 Timing is ``triton.testing.do_bench(..., return_mode="median")`` (warm-up, L2 flush between
 repetitions, CUDA events). Rates count every input read once and every output written once
-(GB/s), or the FLOPs of the algorithm (TFLOP/s), and are compared with the H100 ceilings measured
-for this course: 2990 GB/s device-to-device copy and ~710 TFLOP/s dense bf16 matmul.
+(GB/s), or the FLOPs of the algorithm (TFLOP/s), and are compared with the ceilings measured on the
+GPU that runs the script (``effilab.device.measured_rates``: H200 4250 GB/s copy and 716 TFLOP/s
+bf16 matmul; H100 2990 and 710; other GPUs: the H100 values, said in the table header). The
+"floor" of a row is the time its bytes (or FLOPs) take at that ceiling; "frac of floor" is
+floor / time. Every report also writes ``<stem>.json``, from which ``summarize.py`` builds the
+side-by-side table of ``run_all.sh``.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import pathlib
@@ -31,8 +36,19 @@ import triton.testing  # noqa: E402
 SMOKE = os.environ.get("EFFILAB_BENCH_SMOKE") == "1"
 DEVICE = "cpu" if SMOKE else "cuda"
 
-COPY_GBS = 2990.0  # measured H100 device-to-device copy, GB/s (read + write)
-MATMUL_TFLOPS = 710.0  # bf16 dense matmul peak used by the course, TFLOP/s
+
+def _ceilings() -> tuple[float, float, str]:
+    """(copy GB/s, bf16 matmul TFLOP/s, where they come from) for this machine's GPU 0."""
+    from effilab import device
+
+    name = "" if SMOKE or not torch.cuda.is_available() else torch.cuda.get_device_name(0)
+    m = device.measured_rates(name) if name else None
+    if m is not None and m.bandwidth_gbs and m.bf16_tflops:
+        return float(m.bandwidth_gbs), float(m.bf16_tflops), m.source
+    return 2990.0, 710.0, "H100 ceilings (none measured for this GPU)"
+
+
+COPY_GBS, MATMUL_TFLOPS, CEILING_SOURCE = _ceilings()  # device-to-device copy GB/s, bf16 matmul TFLOP/s
 
 
 def parse_args(description: str, extra=None) -> argparse.Namespace:
@@ -40,10 +56,14 @@ def parse_args(description: str, extra=None) -> argparse.Namespace:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="directory for the .md table and .png plot")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines (saves compile time)")
     p.add_argument("--no-sweep", action="store_true", help="time only the default launch configuration")
-    p.add_argument("--rep", type=int, default=100, help="do_bench repetition budget per candidate, ms")
+    p.add_argument("--rep", type=int, default=None, help="do_bench repetition budget per candidate, ms (100; --quick 30)")
+    p.add_argument("--quick", action="store_true",
+                   help="short repetition budget and the sweeps trimmed to their likely winners (run_all --quick)")
     if extra is not None:
         extra(p)
     args = p.parse_args()
+    if args.rep is None:
+        args.rep = 30 if args.quick else 100
     if SMOKE:
         args.no_compile = True
     elif not torch.cuda.is_available():
@@ -75,7 +95,8 @@ def time_ms(fn, rep: int = 100, grad_to_none=None) -> float:
             fn()
             samples.append((time.perf_counter() - t0) * 1e3)
         return sorted(samples)[0]
-    return float(triton.testing.do_bench(fn, warmup=25, rep=rep, grad_to_none=grad_to_none, return_mode="median"))
+    return float(triton.testing.do_bench(fn, warmup=min(25, rep), rep=rep, grad_to_none=grad_to_none,
+                                         return_mode="median"))
 
 
 def extra_peak_bytes(fn) -> int:
@@ -132,9 +153,23 @@ class Row:
     mode: str  # "fwd", "fwd+bwd", ...
     ms: float | None = None
     rate: float | None = None  # GB/s or TFLOP/s
-    frac: float | None = None  # of COPY_GBS or MATMUL_TFLOPS
+    frac: float | None = None  # of COPY_GBS or MATMUL_TFLOPS: floor_ms / ms
     extra_mib: float | None = None
     note: str = ""
+    floor_ms: float | None = None  # the amount at the ceiling
+    kind: str = ""  # effilab / liger / compile / torch (eager, cuDNN, SDPA backends): the summary's columns
+    sweep: bool = False  # a swept launch configuration (not the default)
+
+
+def kind_of(name: str) -> str:
+    n = name.lower()
+    if n.startswith("effilab"):
+        return "effilab"
+    if "liger" in n:
+        return "liger"
+    if "compile" in n:
+        return "compile"
+    return "torch"
 
 
 class Report:
@@ -165,17 +200,20 @@ class Report:
         return ok
 
     # -- timing ----------------------------------------------------------------------------------
-    def bench(self, name: str, mode: str, fn, amount: float, memory_fn=None, grad_to_none=None, note: str = "") -> Row:
-        """Time ``fn``; ``amount`` is bytes (GB/s) or FLOPs (TFLOP/s) per call. Errors are recorded, not raised."""
-        row = Row(name, mode, note=note)
+    def bench(self, name: str, mode: str, fn, amount: float, memory_fn=None, grad_to_none=None, note: str = "",
+              sweep: bool = False, floor_amount: float | None = None) -> Row:
+        """Time ``fn``; ``amount`` is bytes (GB/s) or FLOPs (TFLOP/s) per call. Errors are recorded, not raised.
+
+        ``sweep``: a swept configuration of the effilab kernel. ``floor_amount``: the bytes/FLOPs of
+        the floor, when that differs from ``amount`` (default: ``amount``).
+        """
+        row = Row(name, mode, note=note, kind=kind_of(name), sweep=sweep)
+        ceiling = COPY_GBS * 1e9 if self.unit == "GB/s" else MATMUL_TFLOPS * 1e12
+        row.floor_ms = (amount if floor_amount is None else floor_amount) / ceiling * 1e3
         try:
             row.ms = time_ms(fn, self.rep, grad_to_none)
-            if self.unit == "GB/s":
-                row.rate = amount / (row.ms * 1e-3) / 1e9
-                row.frac = row.rate / COPY_GBS
-            else:
-                row.rate = amount / (row.ms * 1e-3) / 1e12
-                row.frac = row.rate / MATMUL_TFLOPS
+            row.rate = amount / (row.ms * 1e-3) / (1e9 if self.unit == "GB/s" else 1e12)
+            row.frac = row.floor_ms / row.ms if row.ms > 0 else None
             if memory_fn is not None:
                 row.extra_mib = extra_peak_bytes(memory_fn) / 2**20
         except Exception as exc:  # noqa: BLE001
@@ -186,6 +224,7 @@ class Report:
                 torch.cuda.empty_cache()
         self.rows.append(row)
         print("  " + self._line(row))
+        self._save()  # a script stopped by run_all's deadline still leaves what it measured
         return row
 
     def note(self, text: str) -> None:
@@ -202,11 +241,12 @@ class Report:
 
     def markdown(self) -> str:
         ceiling = f"{COPY_GBS:.0f} GB/s copy" if self.unit == "GB/s" else f"{MATMUL_TFLOPS:.0f} TFLOP/s bf16 matmul"
-        lines = [f"## {self.title}", "", f"{self.header}. Median of `do_bench`; fraction of {ceiling}.", ""]
+        lines = [f"## {self.title}", "", f"{self.header}. Median of `do_bench` ({self.rep} ms budget); "
+                 f"frac = fraction of {ceiling} ({CEILING_SOURCE}), i.e. floor / time.", ""]
         if self.checks:
             lines += ["Correctness: " + ", ".join(f"{n} {'OK' if ok else 'FAIL'} ({m})" for n, ok, m in self.checks), ""]
         lines += [
-            f"| candidate | pass | ms | {self.unit} | frac | extra peak MiB | note |",
+            f"| candidate | pass | ms | {self.unit} | frac of floor | extra peak MiB | note |",
             "| --- | --- | ---: | ---: | ---: | ---: | --- |",
         ]
         lines += [self._line(r) for r in self.rows]
@@ -241,9 +281,23 @@ class Report:
         fig.savefig(path, dpi=110)
         plt.close(fig)
 
-    def finish(self) -> int:
+    def to_json(self) -> dict:
+        return {
+            "title": self.title, "stem": self.stem, "unit": self.unit, "header": self.header,
+            "copy_gbs": COPY_GBS, "matmul_tflops": MATMUL_TFLOPS, "ceiling_source": CEILING_SOURCE,
+            "rep_ms": self.rep, "wall_s": round(time.time() - self.t0, 1),
+            "checks": [{"name": n, "ok": ok, "msg": m} for n, ok, m in self.checks],
+            "rows": [dataclasses.asdict(r) for r in self.rows], "notes": self.notes,
+        }
+
+    def _save(self) -> str:
         md = self.markdown()
         (self.out / f"{self.stem}.md").write_text(md)
+        (self.out / f"{self.stem}.json").write_text(json.dumps(self.to_json(), indent=1))
+        return md
+
+    def finish(self) -> int:
+        md = self._save()
         try:
             self.plot(self.out / f"{self.stem}.png")
         except Exception as exc:  # noqa: BLE001
@@ -266,6 +320,6 @@ def cdiv(a: int, b: int) -> int:
 
 
 __all__ = [
-    "SMOKE", "DEVICE", "pick", "synchronize", "COPY_GBS", "MATMUL_TFLOPS", "parse_args", "time_ms", "extra_peak_bytes", "maybe_compile", "liger_functional",
+    "SMOKE", "DEVICE", "pick", "synchronize", "COPY_GBS", "MATMUL_TFLOPS", "CEILING_SOURCE", "kind_of", "parse_args", "time_ms", "extra_peak_bytes", "maybe_compile", "liger_functional",
     "Report", "Row", "fmt_bytes", "cdiv", "math",
 ]

@@ -2,7 +2,8 @@
 
     python benchmarks/ops/bench_swiglu.py --out benchmarks/results
 
-Target (H100): forward >= 0.85 of the 2990 GB/s copy bandwidth.
+Target (H100): forward >= 0.85 of the 2990 GB/s copy bandwidth. H200 (issue 14): forward 4.27 TB/s
+(= copy), forward+backward 0.673 ms; target: both at the byte floor.
 """
 from __future__ import annotations
 
@@ -64,9 +65,9 @@ def main() -> int:
         for name, fn in cands.items():
             rep.bench(name, "fwd", fn, bytes_fwd, memory_fn=fn)
         if not args.no_sweep:
-            for cfg in sw.CONFIGS:
+            for cfg in sw.CONFIGS[-3:] if args.quick else sw.CONFIGS:
                 rep.bench(f"effilab config={cfg}", "fwd", lambda cfg=cfg: swiglu(a, b, config=cfg), bytes_fwd,
-                          note="(BLOCK_N, warps)")
+                          note="(BLOCK_N, warps)", sweep=True)
     del packed
 
     # ---- forward + backward ------------------------------------------------------------------
@@ -85,7 +86,7 @@ def main() -> int:
         cands["liger_swiglu"] = fb(liger.liger_swiglu)
     for name, fn in cands.items():
         rep.bench(name, "fwd+bwd", fn, bytes_fwdbwd, memory_fn=fn)
-    rep.note("target: forward >= 0.85 of copy bandwidth")
+    rep.note("target: forward and forward+backward at the byte floor (frac of floor ~1)")
     if liger is None:
         rep.note("Liger-Kernel not installed: its rows are missing")
     return rep.finish()

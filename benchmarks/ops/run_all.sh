@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
 # Run every benchmarks/ops script on a CUDA GPU and collect the results.
 #
-#   bash benchmarks/ops/run_all.sh [--out DIR] [--no-compile] [--no-sweep] [--rep MS]
+#   bash benchmarks/ops/run_all.sh [--out DIR] [--deadline S] [--quick] [--no-compile] [--no-sweep] [--rep MS]
 #
-# Writes DIR/summary.md (every table), DIR/<op>.png (one plot per script) and DIR/run_all.log:
-# seven files in all. Other options are passed to every script. About 6-8 minutes on an H100;
-# --no-compile and --no-sweep make it shorter. The CUDA C++ extension of bench_cuda_rmsnorm.py is
-# built in the background while the Triton benchmarks run.
+# --deadline S: stop every script by S seconds after the start (each gets what is left, less 15 s
+# for each script after it); a stopped script's table keeps the rows it measured.
+# Writes DIR/summary.md (the side-by-side table of summarize.py, then every script's table),
+# DIR/<op>.png (one plot per script) and DIR/run_all.log: seven files in all. Other options are
+# passed to every script. About 6-8 minutes on an H100; --quick (30 ms budgets, trimmed sweeps) is
+# meant to take about 4; --no-compile and --no-sweep make it shorter still. The CUDA C++ extension
+# of bench_cuda_rmsnorm.py is built in the background while the Triton benchmarks run.
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 OUT="$ROOT/benchmarks/results"
 EXTRA=()
+DEADLINE=0
 while [ $# -gt 0 ]; do
   case "$1" in
+    --deadline) DEADLINE="$2"; shift 2 ;;
+    --deadline=*) DEADLINE="${1#--deadline=}"; shift ;;
     --out) OUT="$2"; shift 2 ;;
     --out=*) OUT="${1#--out=}"; shift ;;
     *) EXTRA+=("$1"); shift ;;
@@ -35,14 +41,23 @@ BUILD_PID=$!
 
 status=0
 t_all=$(date +%s)
+left=$(echo $SCRIPTS | wc -w)
 for s in $SCRIPTS; do
+  left=$((left - 1))
+  TIMEOUT=()
+  if [ "$DEADLINE" -gt 0 ]; then
+    budget=$(( DEADLINE - ($(date +%s) - t_all) - 15 * left ))
+    [ "$budget" -lt 10 ] && budget=10
+    TIMEOUT=(timeout -k 5 "$budget")
+  fi
   if [ "$s" = cuda_rmsnorm ]; then
     wait "$BUILD_PID" || { echo "CUDA extension build failed:"; tail -30 "$PARTS/cuda_build.log"; }
   fi
   echo
   echo "=== bench_$s"
   t0=$(date +%s)
-  PYTHONUNBUFFERED=1 $PY "$HERE/bench_$s.py" --out "$PARTS" ${EXTRA[@]+"${EXTRA[@]}"} || { echo "=== bench_$s FAILED"; status=1; }
+  PYTHONUNBUFFERED=1 ${TIMEOUT[@]+"${TIMEOUT[@]}"} $PY "$HERE/bench_$s.py" --out "$PARTS" ${EXTRA[@]+"${EXTRA[@]}"} \
+    || { rc=$?; [ "$rc" = 124 ] && echo "=== bench_$s STOPPED at the deadline (partial table)"; echo "=== bench_$s FAILED (exit $rc)"; status=1; }
   echo "=== bench_$s took $(( $(date +%s) - t0 )) s"
 done
 
@@ -50,6 +65,8 @@ done
   echo "# effilab.ops benchmarks"
   echo
   echo "$(date -u); total $(( $(date +%s) - t_all )) s"
+  echo
+  $PY "$HERE/summarize.py" "$PARTS" || echo "(summarize.py failed: see run_all.log)"
   echo
   for s in $SCRIPTS; do
     if [ -f "$PARTS/$s.md" ]; then cat "$PARTS/$s.md"; else echo "## $s: no result (see run_all.log)"; fi

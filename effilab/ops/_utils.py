@@ -20,6 +20,7 @@ import triton
 __all__ = [
     "is_interpreter",
     "num_sms",
+    "max_shared_mem",
     "next_power_of_2",
     "warps_for_row",
     "as_2d_rows",
@@ -42,6 +43,23 @@ def num_sms(device: torch.device) -> int:
     if device.type == "cuda" and not is_interpreter():
         return _num_sms_cuda(device.index if device.index is not None else torch.cuda.current_device())
     return 4
+
+
+@functools.lru_cache(maxsize=None)
+def _max_shared_mem_cuda(index: int) -> int:
+    try:  # what Triton itself checks a kernel against (the opt-in per-block limit)
+        return int(triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"])
+    except Exception:  # noqa: BLE001
+        props = torch.cuda.get_device_properties(index)
+        return int(getattr(props, "shared_memory_per_block_optin", 0) or 48 * 1024)
+
+
+def max_shared_mem(device: torch.device) -> int:
+    """Shared memory one program may use on ``device``, bytes (232448 on an H100/H200, 65536 on a
+    T4); in the interpreter a Hopper-sized stand-in, so the GPU launch heuristics can be tested."""
+    if device.type == "cuda" and not is_interpreter():
+        return _max_shared_mem_cuda(device.index if device.index is not None else torch.cuda.current_device())
+    return 232448
 
 
 def next_power_of_2(n: int) -> int:
