@@ -247,3 +247,20 @@ def test_speed_threshold_follows_the_gpu_class_and_says_when_it_was_not_calibrat
     assert part.threshold_note("H200") == "" and part.threshold_note("T4") == ""
     note = part.threshold_note("A100")
     assert "calibrated on an H200" in note and "A100" in note
+
+
+def test_a_speed_goal_of_one_reads_as_at_least_as_fast():
+    """A ratio of 1 is "at least as fast as" the baseline, not "≥ 1× faster" (notebooks 05 and 06 on a CPU)."""
+    from effilab.grading.measure import SpeedPart, decide_speed, faster_than
+
+    assert faster_than(1.0, "bitsandbytes") == "at least as fast as bitsandbytes"
+    assert faster_than(1.6, "bitsandbytes") == "≥ 1.6× faster than bitsandbytes"
+
+    class Quick(Exercise):
+        name = "quick"
+        points = {"speed": 1.0}
+
+    if not torch.cuda.is_available():
+        part = SpeedPart(inputs=lambda: (), baseline=None, threshold=1.0, baseline_name="the library's kernel")
+        text = decide_speed(Quick(), part, {}, {}).report()
+        assert "at least as fast as the library's kernel" in text and "1×" not in text, text
