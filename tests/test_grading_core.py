@@ -23,6 +23,21 @@ def test_quiet_captures_python_warnings_and_fd2(capfd):
     assert "to python stderr" in captured and "to fd 2" in captured
 
 
+def test_quiet_keeps_a_librarys_deprecations_out_and_the_notebooks_in():
+    """A library that uses a deprecated API of another (peft importing a torch.jit module, in notebook
+    06's LoRA check) is no news to the student; a deprecated call in the notebook's own code is."""
+    import types
+
+    lib = types.ModuleType("some_library")
+    exec(compile("import warnings\ndef f():\n    warnings.warn('old API', DeprecationWarning)\n",
+                 "some_library.py", "exec"), lib.__dict__)
+    nb = {"__name__": "__main__", "f": lib.f}
+    with quiet() as captured:
+        lib.f()
+        exec("import warnings\nwarnings.warn('your old call', DeprecationWarning)\nwarnings.warn('x', RuntimeWarning)", nb)
+    assert not any("old API" in c for c in captured), captured
+    assert any("your old call" in c for c in captured) and any("RuntimeWarning" in c for c in captured), captured
+
 def test_poisoned_allocations_fill_new_tensors():
     with poisoned_allocations():
         a = torch.empty(5)
