@@ -22,3 +22,12 @@ def test_lab_allows_root_only_for_root():
 
 def test_grader_target_runs_the_grader_in_the_venv():
     assert ".venv/bin/python -m grader scores" in _dry("grader", "ARGS=scores")
+
+
+def test_student_edition_lab_allows_root_only_for_root_and_its_readme_says_so():
+    student = REPO / "grader" / "student"
+    dry = lambda *a: subprocess.run(["make", "-n", "-f", str(student / "Makefile"), *a], cwd=student,
+                                    capture_output=True, text=True, check=True).stdout
+    assert "jupyter lab notebooks/ --allow-root" in dry("lab", "USER_ID=0")
+    assert "--allow-root" not in dry("lab", "USER_ID=1000")
+    assert "--allow-root" in (student / "README.md").read_text()  # for the by-hand route

@@ -3,6 +3,7 @@ model ships and is what the thresholds were measured on, each threshold rejects 
 it (RTN passed off as GPTQ, no AWQ search, weights through fp8 in the kernel), the recorded
 reference errors of the public cases are fresh, and the student edition (no reference module)
 judges the same way."""
+import json
 import math
 from pathlib import Path
 
@@ -194,3 +195,15 @@ def test_quantize_model_with_rtn_instead_of_gptq_loses_the_gptq_groups(ref):
 
     v = check("quantize_model", rtn_only, verbose=False)
     assert failed(v) == [1] and "RTN's gap" in v.report(), v.report()
+
+
+def test_the_rtn_group_of_quantize_model_names_zero_points():
+    """The classic mistake there is a symmetric RTN baseline: the group's hint must say what differs."""
+    from effilab.grading import get
+    from effilab.grading.keys import Key
+
+    bugs = json.loads((ROOT / "grader" / "examples" / "07_quantization" / "bugs.json").read_text())
+    bug = next(b for b in bugs if b["exercise"] == "quantize_model")
+    assert "symmetric" in bug["why"]
+    group = next(g for g in get("quantize_model").cases("public", Key.public()) if g.name in bug["lost"])
+    assert "zero points" in group.hint and "symmetric=False" in group.hint, group.hint

@@ -58,6 +58,13 @@ def test_publish_leaves_out_solutions_and_hidden_tests(edition):
         assert not is_instructor_only(p), p
 
 
+def test_student_readme_lists_every_notebook_of_the_edition(edition):
+    """The student README's table names each notebook the edition ships, and no other."""
+    rows = [ln.split("|")[1].strip() for ln in (edition / "README.md").read_text().splitlines()
+            if ln.startswith("| ") and ln.split("|")[1].strip().isdigit()]
+    shipped = [p.name[:2] for p in sorted((edition / "notebooks").glob("[0-9][0-9]_*.ipynb"))]
+    assert rows == shipped, f"README table rows {rows}, notebooks shipped {shipped}"
+
 def test_leak_scan_catches_a_planted_solution(edition, tmp_path):
     planted = tmp_path / "planted"
     planted.mkdir()

@@ -66,6 +66,11 @@ def quiet():
             os.dup2(tmp.fileno(), fd)
         with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(buf):
             warnings.simplefilter("always")
+            # as Python and Jupyter do: a deprecation is shown where the notebook's own code triggers it,
+            # not where a library the check imports (peft, torch.jit, …) uses a deprecated API of another
+            for cat in (DeprecationWarning, PendingDeprecationWarning):
+                warnings.filterwarnings("ignore", category=cat)
+                warnings.filterwarnings("always", category=cat, module="__main__")
             yield captured
     finally:
         fd_text = ""

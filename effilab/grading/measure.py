@@ -291,6 +291,13 @@ def baseline_memory(part: MemoryPart) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Decisions (the grader's own process)
 # ----------------------------------------------------------------------------------------------
+def faster_than(threshold: float, baseline: str) -> str:
+    """The speed goal in words: "≥ 2× faster than X", or "at least as fast as X" for a ratio of 1."""
+    if threshold == 1:
+        return f"at least as fast as {baseline}"
+    return f"≥ {threshold:g}× faster than {baseline}"
+
+
 def _not_on_cpu(ex: Exercise, part: str, note: str) -> Verdict:
     v = Verdict(ex.name, part, 0.0, float(ex.points.get(part, 0.0)))
     v.notes.append(f"{part}: {NOT_ON_CPU}." + (f" {note}" if note else ""))
@@ -329,8 +336,8 @@ def decide_speed(ex: Exercise, part: SpeedPart, mine: dict, base: dict, suite: s
     points = float(ex.points.get("speed", 0.0))
     v = Verdict(ex.name, "speed", 0.0, points, suite=suite)
     if not torch.cuda.is_available():
-        return _not_on_cpu(ex, "speed", part.cpu_note or f"On a GPU yours must be ≥ {part.threshold:g}× faster "
-                                                          f"than {part.baseline_name}.")
+        return _not_on_cpu(ex, "speed", part.cpu_note or f"On a GPU yours must be "
+                                                          f"{faster_than(part.threshold, part.baseline_name)}.")
     built: list = []
 
     def args() -> tuple:  # the grader's own copy of the timed input, built once and only when needed

@@ -307,8 +307,9 @@ class QuantizeModel(Exercise):
         return [
             Group("method='rtn': every linear of the blocks rounded to nearest",
                   [case(s, "rtn", b, g) for s, (b, g) in zip(seeds, rtn)],
-                  "quantize every nn.Linear inside model.blocks (not the embedding / LM head) and return its "
-                  "{'q', 'scale', 'zero', 'g_idx'} under the module's name, e.g. 'blocks.0.attn.c_attn'"),
+                  "quantize every nn.Linear inside model.blocks (not the embedding / LM head) with "
+                  "quantize_rtn(W, bits, group_size) — with zero points, as its default (symmetric=False) — and "
+                  "return its {'q', 'scale', 'zero', 'g_idx'} under the module's name, e.g. 'blocks.0.attn.c_attn'"),
             Group(f"method='gptq', 3 bits, g128: no collapse (gap ≤ {PPL_GAP_3BIT:g}× RTN-3's)",
                   [case(s, "gptq", 3, 128) for s in seeds],
                   "quantize the layers in forward order and capture each layer's inputs on the model whose "
