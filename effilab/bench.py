@@ -38,7 +38,7 @@ from effilab import device as _device
 if TYPE_CHECKING:  # matplotlib is imported lazily: plotting is optional at import time
     from matplotlib.axes import Axes
 
-__all__ = ["Timing", "time_fn", "Throughput", "throughput", "Comparison", "compare", "bar_plot"]
+__all__ = ["Timing", "time_fn", "kernel_times", "Throughput", "throughput", "Comparison", "compare", "bar_plot"]
 
 FLUSH_BYTES = 256 * 2**20  # 256 MiB: larger than the L2 of every current GPU (H100: 50 MB)
 
@@ -178,6 +178,26 @@ def time_fn(
         return Timing.from_samples(samples, str(dev), "cuda-events")
     samples = _time_cpu(fn, args, kwargs, warmup, min_reps, max_reps, max_time_s, target_spread)
     return Timing.from_samples(samples, str(dev), "perf_counter")
+
+
+def kernel_times(fn: Callable[[], Any], calls: int = 3) -> tuple[float, list[tuple[str, float, int]]]:
+    """What the GPU ran for one call of ``fn``: ``(total_ms, rows)``, rows ``(kernel name, ms per call,
+    launches per call)`` sorted by time, from ``torch.profiler``'s CUDA activity over ``calls`` calls
+    (warm ``fn`` up first). A call's wall time minus ``total_ms`` is the time the GPU sat idle in it
+    (waiting for the host, or for a host sync). CUDA only."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("kernel_times needs a CUDA GPU: it reads what the GPU ran from torch.profiler's CUDA activity")
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    rows = [(e.key, e.self_device_time_total / calls / 1e3, e.count // calls) for e in prof.key_averages()
+            if e.self_device_time_total > 0]
+    rows.sort(key=lambda r: -r[1])
+    return sum(r[1] for r in rows), rows
 
 
 def _spread(samples: list[float]) -> float:

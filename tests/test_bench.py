@@ -194,3 +194,17 @@ def test_compare_on_gpu_orders_sizes():
     small = big[: 2**20]
     c = bench.compare({"big": lambda: big.mul(2), "small": lambda: small.mul(2)}, rounds=3)
     assert c.ratio("big", "small") > 4
+
+
+def test_kernel_times_says_it_needs_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        bench.kernel_times(lambda: None)
+
+
+@pytest.mark.gpu
+def test_kernel_times_sums_the_kernels_of_one_call():
+    x = torch.randn(1 << 20, device="cuda")
+    total, rows = bench.kernel_times(lambda: (x * 2).sum(), calls=4)
+    assert rows and total == pytest.approx(sum(ms for _, ms, _ in rows))
+    assert sum(c for _, _, c in rows) >= 2  # the multiply and the reduction, per call

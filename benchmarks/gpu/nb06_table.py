@@ -122,9 +122,10 @@ def _bnb_qlora(model):
     return lora.peft_lora(model, R, ALPHA)
 
 
-def step_table(ref) -> dict:
+def step_builders(ref) -> dict:
+    """name -> () -> (model, autocast, kind) for the five gpu-real training steps of the table."""
     cfg = GPTConfig.preset("gpu-real")
-    builders = {
+    return {
         "full fine-tuning (fp32 master, bf16 autocast)": lambda: (GPT(cfg).cuda(), True, "full"),
         "peft LoRA (fp32 base, bf16 autocast)": lambda: (lora.peft_lora(GPT(cfg).cuda(), R, ALPHA), True, None),
         "effilab LoRA (fp32 base, bf16 autocast)":
@@ -133,13 +134,22 @@ def step_table(ref) -> dict:
         "effilab QLoRA (NF4, bf16 model)":
             lambda: (_ours_qlora(ref, cfg), False, None),
     }
+
+
+def build_step(build):
+    """The model and its step function from one of :func:`step_builders`' entries."""
+    model, autocast, kind = build()
+    if kind == "full":
+        model.requires_grad_(True)
+    return model, _step_fn(model, autocast)
+
+
+def step_table(ref) -> dict:
+    builders = step_builders(ref)
     out = {}
     print(f"\n| gpu-real, batch {BATCH}×1024, r={R} on every Linear | ms / step | peak GiB |\n|---|---|---|")
     for name, build in builders.items():
-        model, autocast, kind = build()
-        if kind == "full":
-            model.requires_grad_(True)
-        step = _step_fn(model, autocast)
+        model, step = build_step(build)
         step()
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

@@ -3,7 +3,7 @@
 #   bash benchmarks/gpu/nb09.sh            # results under $OUT (default /tmp/effilab-gpu)
 # (a) executes alice's filled-in notebook as a student runs it (points per graded cell, the speed
 #     report, the GPU-only demos: Triton output code, triton_op, compile time vs step time);
-# (b)+(c) benchmarks/gpu/nb09_modes.py: eager vs torch.compile(model) vs the reference solution
+# (b)+(c) benchmarks/gpu/nb09_modes.py: eager vs the reference solution (torch.compile of the model)
 #     (regional compilation) on gpu-real 16x1024 bf16 in one run, then the speed part of the
 #     reference 3x — the ratios that calibrate STEP_SPEED_THRESHOLD in effilab/grading/specs/nb09.py;
 # (d) the GPU-marked tests of tests/test_nb09_checkers.py (the speed test repeats (b) and is left

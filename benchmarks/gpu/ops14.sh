@@ -20,7 +20,9 @@ OUT=${OUT:-/tmp/effilab-gpu}; mkdir -p "$OUT"
 R=${R:-$(mktemp -d /tmp/ops14.XXXXXX)}; mkdir -p "$R"
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg PYTHONPATH="$PWD:${PYTHONPATH:-}"
 T0=$(date +%s)
-stamp() { echo "== [$(( $(date +%s) - T0 )) s] $*"; }
+# stage limits in seconds (defaults: the ~9-minute call; smaller ones for a shorter call)
+BENCH_S=${BENCH_S:-260} PYTEST_RMS_S=${PYTEST_RMS_S:-45} PYTEST_OTHER_S=${PYTEST_OTHER_S:-70} NCU_S=${NCU_S:-85}
+stamp() { echo "== [$(( $(date +%s) - T0 )) s] $*"; tar czf "$OUT/ops14.tgz" -C "$R" . 2>/dev/null; }  # (archived at every stage: a cut call keeps what ran)
 {
   python3 -c "import torch, triton, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
   python3 -c "import liger_kernel, importlib.metadata as m; print('liger-kernel', m.version('liger-kernel'))" 2>&1 | tail -1
@@ -29,16 +31,16 @@ stamp() { echo "== [$(( $(date +%s) - T0 )) s] $*"; }
 } | tee "$R/versions.txt"
 
 stamp "1. benchmarks/ops/run_all.sh --quick"
-timeout -k 5 275 bash benchmarks/ops/run_all.sh --out "$R/bench" --quick --deadline 260 > /dev/null 2>&1
+timeout -k 5 $((BENCH_S + 15)) bash benchmarks/ops/run_all.sh --out "$R/bench" --quick --deadline $BENCH_S > /dev/null 2>&1
 echo "run_all exit $?"
 sed -n '/^## Side by side/,/^## RMSNorm/p' "$R/bench/summary.md" 2>/dev/null | head -40
 
 stamp "2. pytest -m gpu tests/ops"
 # (verbose: a run stopped by its limit still shows every test that finished)
-timeout -k 5 45 python3 -m pytest -v --tb=short -p no:cacheprovider -m gpu tests/ops/test_rmsnorm.py \
+timeout -k 5 $PYTEST_RMS_S python3 -m pytest -v --tb=short -p no:cacheprovider -m gpu tests/ops/test_rmsnorm.py \
   --durations=8 > "$R/pytest_gpu_rmsnorm.txt" 2>&1
 echo "pytest rmsnorm exit $?"
-timeout -k 5 70 python3 -m pytest -v --tb=short -p no:cacheprovider -m gpu tests/ops --ignore=tests/ops/test_rmsnorm.py \
+timeout -k 5 $PYTEST_OTHER_S python3 -m pytest -v --tb=short -p no:cacheprovider -m gpu tests/ops --ignore=tests/ops/test_rmsnorm.py \
   --durations=10 > "$R/pytest_gpu_others.txt" 2>&1
 echo "pytest others exit $?"
 grep -hE "FAILED|ERROR|passed|failed" "$R"/pytest_gpu_*.txt | tail -30
@@ -56,7 +58,7 @@ TENSOR=$(timeout 10 ncu --query-metrics 2>/dev/null | awk '{print $1}' \
 [ -n "$TENSOR" ] && METRICS=$METRICS,$TENSOR
 echo "metrics: $METRICS" > "$R/ncu_metrics.txt"
 KERNELS=$(sed -n 's/^KERNELS = r"\(.*\)"$/\1/p' benchmarks/gpu/ops14_profile.py)
-timeout -k 5 85 ncu --clock-control none -k "regex:$KERNELS" -c 6 \
+timeout -k 5 $NCU_S ncu --clock-control none -k "regex:$KERNELS" -c 6 \
   --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
   --section WarpStateStats --section ComputeWorkloadAnalysis --metrics "$METRICS" \
   -o "$R/ops14_profile" -f python3 benchmarks/gpu/ops14_profile.py > "$R/ncu_run.txt" 2>&1

@@ -289,7 +289,13 @@ def _config(m: int, n: int, k: int) -> Config:
         if m <= GEMV_MAX_M:
             return Config("gemv", 1, min(64, triton.next_power_of_2(n)), 256, 0, 4, 1)
         return Config("dot", 16, min(64, max(16, triton.next_power_of_2(n))), 256, 0, 4, 1)
-    return CONFIGS["gemv"][0] if m <= GEMV_MAX_M else CONFIGS["dot"][0]
+    # From benchmarks/gpu/w4a16_sweep.py on an H200, 2026-12-02 (benchmarks/RESULTS.md): at M = 1 one
+    # K split of 2048-wide steps over 4 rows per program was fastest for K = 4096 (11.9 µs at 4096²,
+    # 23.6 µs at N = 11008), 64 rows per program with automatic splits for K = 11008 (23.4 µs); for
+    # M = 16 the dot kernel with 4 K splits (26.0 µs, 0.71× dense bf16: the slow path of issue 14).
+    if m <= GEMV_MAX_M:
+        return Config("gemv", 1, 4, 2048, 1, 4) if k <= 4096 else Config("gemv", 1, 64, 256, 0, 4)
+    return Config("dot", 16, 64, 256, 4, 4, 3)
 
 
 def _legacy(config) -> Config:

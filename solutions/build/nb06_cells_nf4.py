@@ -107,7 +107,7 @@ quant_type="nf4", compress_statistics=double_quant)`:
 own kernels: bitsandbytes (and `effilab.nf4.bnb_*`) earn nothing here.
 
 **Speed (graded on a GPU):** on an 8192 × 8192 bf16 weight with double quantization, at least
-**4×** faster than bitsandbytes' `quantize_4bit` (`QUANT_SPEED_THRESHOLD`). One pass over the
+**3.5×** faster than bitsandbytes' `quantize_4bit` (`QUANT_SPEED_THRESHOLD`). One pass over the
 weight: each program quantizes a 2-D tile of many blocks.
 """, "md_ex3")
 

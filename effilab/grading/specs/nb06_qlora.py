@@ -45,14 +45,15 @@ FINETUNE_STEPS, FINETUNE_BATCH, FINETUNE_LR = 8, 16, 1e-2
 FINETUNE_TARGETS_GPU, FINETUNE_TARGETS_CPU = ("c_attn", "c_proj", "c_fc"), ("c_fc",)
 R, ALPHA = 8, 16.0
 #: Memory (GPU): QLoRA step peak / peft bf16 LoRA step peak. Expected ≈ 0.3 (0.52 B/param of NF4
-#: against 2 B/param of bf16, activations small at batch 1 × 128). To calibrate on the H200
-#: (benchmarks/gpu/nb06.sh).
+#: against 2 B/param of bf16, activations small at batch 1 × 128); the reference measured 0.341 in
+#: three H200 runs of 2026-12-02 (451.7 MiB against 1.29 GiB; benchmarks/RESULTS.md, notebook 06).
 QLORA_MEMORY_RATIO = 0.5
 MEMORY_GPT = dict(block_size=128, n_layer=12, n_head=16, n_embd=2048)  # 604 M parameters in the blocks
 MEMORY_BATCH = 1
 #: Speed (GPU): the course GPT's MLP up-projection at batch 16 × 1024 in bf16, rank 16. peft runs
 #: base matmul, two low-rank matmuls, a scale and an add (four M × N passes over memory); one fused
-#: kernel saves about half the time at K = 768. To calibrate on the H200 (benchmarks/gpu/nb06.sh).
+#: kernel saves about half the time at K = 768. The reference measured 1.53×, 1.54×, 1.71× and 1.53× peft in
+#: four H200 runs of 2026-12-02 (0.185 ms against 0.28–0.32 ms; benchmarks/RESULTS.md, notebook 06).
 FUSED_SPEED_THRESHOLD = 1.3
 FUSED_SPEED_SHAPE = (16384, 768, 3072, 16)  # (M tokens, K = d_in, N = d_out, r)
 FUSED_VIEW_ROWS = 256  # rows of the timed output judged (drawn after the call)
