@@ -264,7 +264,7 @@ try:
 except NotImplementedError:
     print("Finish exercise 3 to see your operator inside the compiled graphs.")
 except Exception as e:  # a half-finished operator: the check above says what is missing
-    print(f"Your operator does not compile yet ({type(e).__name__}: {(str(e).splitlines() or [""])[0][:200]}).")
+    print(f"Your operator does not compile yet ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}).")
     print("The check of exercise 3 above names the missing piece (fake kernel, schema, autograd formula).")
 """, "demo_layer_norm_op"))
 
