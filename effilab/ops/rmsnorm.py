@@ -191,6 +191,16 @@ def _rms_norm_bwd_kernel(
 
 
 @triton.jit
+def _chunk_fp32(x_row, dy_row, w_ptr, cols, n_cols):
+    """One chunk of a row's x, dy and the weight, in fp32 (0 past the row's end), and the mask."""
+    ok = cols < n_cols
+    x = tl.load(x_row + cols, mask=ok, other=0.0).to(tl.float32)
+    dy = tl.load(dy_row + cols, mask=ok, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+    return x, dy, w, ok
+
+
+@triton.jit
 def _rms_norm_bwd_chunked_kernel(
     dy_ptr,  # *T    upstream gradient, (n_rows, n_cols), unit column stride
     x_ptr,  # *T    forward input, (n_rows, n_cols), unit column stride
@@ -218,19 +228,13 @@ def _rms_norm_bwd_chunked_kernel(
         acc = tl.zeros((CHUNK_N,), dtype=tl.float32)
         for c0 in range(0, n_cols, CHUNK_N):
             cols = c0 + offs
-            ok = cols < n_cols
-            x = tl.load(x_ptr + r64 * stride_x_row + cols, mask=ok, other=0.0).to(tl.float32)
-            dy = tl.load(dy_ptr + r64 * stride_dy_row + cols, mask=ok, other=0.0).to(tl.float32)
-            w = tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+            x, dy, w, ok = _chunk_fp32(x_ptr + r64 * stride_x_row, dy_ptr + r64 * stride_dy_row, w_ptr, cols, n_cols)
             acc += dy * w * x
         c = tl.sum(acc, axis=0) * rstd / n_cols
         # pass 2: the row was just read, so these loads mostly hit L2
         for c0 in range(0, n_cols, CHUNK_N):
             cols = c0 + offs
-            ok = cols < n_cols
-            x = tl.load(x_ptr + r64 * stride_x_row + cols, mask=ok, other=0.0).to(tl.float32)
-            dy = tl.load(dy_ptr + r64 * stride_dy_row + cols, mask=ok, other=0.0).to(tl.float32)
-            w = tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+            x, dy, w, ok = _chunk_fp32(x_ptr + r64 * stride_x_row, dy_ptr + r64 * stride_dy_row, w_ptr, cols, n_cols)
             xhat = x * rstd
             dx = (dy * w - xhat * c) * rstd
             tl.store(dx_ptr + r64 * stride_dx_row + cols, dx.to(dx_ptr.dtype.element_ty), mask=ok)
