@@ -315,7 +315,7 @@ second block's call pass and nothing compiles again. Compile time stops growing 
 block boundaries, and the host enters and leaves a compiled region twice per block and step (guards,
 AOTAutograd's wrappers, an autograd node). For the 12-block training step that left the GPU idle
 4.0 ms a step against 1.3 ms for the whole model, so regional compilation ran 1.09× eager where the
-whole model ran 1.21× (`benchmarks/RESULTS.md`, notebook 09): it pays when compile time matters
+whole model ran 1.21×: it pays when compile time matters
 (many short runs, big models), and when each region holds enough GPU work to hide the host's.
 Below, the time Dynamo alone takes to capture a GPT forward, whole or per block, for growing depth
 (the cheapest stage: AOTAutograd and Inductor's code generation grow with the graph the same way
@@ -408,7 +408,7 @@ cross-entropy, computed in fp32), `loss.backward()`, `optimizer.step()`, return 
   graphs (the checker passes a counting `aot_eager` backend).
 * **Speed (graded on a GPU):** on `gpu-real`, batch 16 × 1024, your step must be at least
   **1.15×** faster than the eager step (`STEP_SPEED_THRESHOLD` in the spec). Measured on an
-  H200 (2026-12-02, `benchmarks/gpu/nb09_regional.py`): `torch.compile(model)` 1.21× after 25 s of
+  H200 (2026-12-02, measured by the course staff): `torch.compile(model)` 1.21× after 25 s of
   compiling; regional compilation of the blocks 1.09× (3 s of compiling) with a 16 % spread
   between steps — the GPU ran the same kernels (24.0 ms against 23.8 ms) but sat idle 4 ms a step
   waiting for the host, which enters and leaves 24 compiled regions (12 forward, 12 backward) per
