@@ -94,6 +94,27 @@ def ok_output(y, ref) -> str | None:
     return None
 
 
+def tinygemm(x, q, sc, zp, ref):
+    """PyTorch's own int4 weight-only matmul (the tinygemm kernel torchao's ``Int4WeightOnlyConfig``
+    calls) on the same weights, or None where this PyTorch or device lacks it. Its format: two codes a
+    byte, the even one in the high nibble, and w = (q - 8) * scale + zero per group, so zero =
+    (8 - zp) * scale reproduces (q - zp) * scale; (K / group, N, 2) bf16 scales and zeros."""
+    try:
+        packed = ((q[:, ::2] << 4) | q[:, 1::2]).to(torch.uint8).contiguous()
+        w = torch._convert_weight_to_int4pack(packed, 8)
+        s = sc.float().T
+        sz = torch.stack([s, (8 - zp.float().T) * s], -1).to(torch.bfloat16).contiguous()
+        fn = lambda: torch._weight_int4pack_mm(x, w, GROUP, sz)  # noqa: E731
+        bad = ok_output(fn(), ref)
+    except Exception as exc:  # report, keep going
+        print(f"_weight_int4pack_mm not run: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}")
+        return None
+    if bad:
+        print(f"_weight_int4pack_mm not timed: {bad}")
+        return None
+    return fn
+
+
 def sweep_shape(m, n, k, floor_us, deadline, rows_out):
     x, qw, sc, zp = inputs(m, n, k)
     ref = w4a16_reference(x, qw, sc, zp, GROUP)
@@ -117,6 +138,10 @@ def sweep_shape(m, n, k, floor_us, deadline, rows_out):
                          n * k // 2 + (n * k // 64) * 4))
     except Exception as exc:  # report, keep going
         print(f"bitsandbytes not run: {type(exc).__name__}: {str(exc)[:160]}")
+    tiny = tinygemm(x, q, sc, zp, ref)
+    if tiny is not None:
+        rows.append(("PyTorch _weight_int4pack_mm (tinygemm: torchao's int4 weight-only kernel)", "",
+                     us(tiny), n * k // 2 + (n * k // GROUP) * 4))
     best = None
     for cfg in [None] + grid_for(m):
         label = "heuristic default" if cfg is None else "variant"
