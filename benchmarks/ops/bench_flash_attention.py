@@ -117,7 +117,8 @@ def main() -> int:
         cands = {
             "effilab triton fwd + triton bwd (default " + bwd_label(bwd_default) + ")":
                 fb(lambda a, b, c: flash_attention(a, b, c, causal)),
-            "effilab triton fwd + PyTorch FA2 bwd": fb(lambda a, b, c: flash_attention(a, b, c, causal, backward="torch")),
+            "effilab triton fwd + PyTorch FA2 bwd":
+                fb(lambda a, b, c: flash_attention(a, b, c, causal, backward="torch")),
             "SDPA flash backend": sdpa_fb(SDPBackend.FLASH_ATTENTION),
             "SDPA cuDNN backend": sdpa_fb(SDPBackend.CUDNN_ATTENTION),
         }

@@ -45,7 +45,7 @@ import triton.language as tl
 
 from ._utils import is_interpreter, max_shared_mem
 
-__all__ = ["flash_attention_backward", "BWD_CONFIGS", "default_bwd_config", "bwd_shared_mem_bytes"]
+__all__ = ["flash_attention_backward", "BWD_CONFIGS", "default_bwd_config", "default_bwd_fits", "bwd_shared_mem_bytes"]
 __ops__ = ()  # nothing added to effilab.ops: reached through flash_attention(..., backward="triton")
 
 
@@ -382,12 +382,12 @@ def _fit_config(cfg: dict, head_dim: int, elem_bytes: int, limit: int) -> dict |
 
 def _gpu_default(head_dim: int, dtype: torch.dtype, limit: int) -> dict | None:
     start = _BWD_DEFAULTS.get(head_dim, _BWD_DEFAULTS[64] if head_dim < 64 else _BWD_DEFAULTS[256])
-    return _fit_config(start, head_dim, torch.empty((), dtype=dtype).element_size(), limit)
+    return _fit_config(start, head_dim, dtype.itemsize, limit)
 
 
 def _smem_limit(device) -> int:
     if device is None:
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return max_shared_mem(torch.device(device))
 
 
