@@ -6,6 +6,10 @@ Targets (H100): SDPA flash backend 345 TFLOP/s non-causal, 310 causal; cuDNN 604
 H200 (issue 14): effilab 498 / 463 (causal), cuDNN 597 / 530, SDPA flash 349 / 320; targets: forward
 >= cuDNN, forward+backward >= 1.2x SDPA flash. FLOPs counted: 4 * B * H * S^2 * D forward, 2.5 times
 that backward (10 * B * H * S^2 * D in all for fwd+bwd), halved for causal.
+
+fwd+bwd rows: effilab's Triton forward with its Triton FlashAttention-2 backward (the default) or with
+the chunked PyTorch backward (``backward="torch"``), and a sweep of ``BWD_CONFIGS`` (``--no-sweep``
+skips it, ``--quick`` times two).
 """
 from __future__ import annotations
 
@@ -23,6 +27,10 @@ from effilab.ops.flash_attention import attention_reference, flash_attention
 def label(cfg: dict) -> str:
     tma = " TMA" if cfg.get("TMA") else ""
     return "{BLOCK_M}x{BLOCK_N} w{num_warps} s{num_stages}".format(**cfg) + tma
+
+
+def bwd_label(cfg: dict) -> str:
+    return "dKV {DKV_BLOCK_M}x{DKV_BLOCK_N} dQ {DQ_BLOCK_M}x{DQ_BLOCK_N} w{num_warps} s{num_stages}".format(**cfg)
 
 
 def sdpa(backend, q, k, v, causal):
@@ -98,8 +106,19 @@ def main() -> int:
                                                (qg, kg, vg), do)
             return fn
 
+        grads = torch.autograd.grad(flash_attention(qg, kg, vg, causal), (qg, kg, vg), do)
+        with sdpa_kernel(C.pick(SDPBackend.FLASH_ATTENTION, SDPBackend.MATH)):
+            refs = torch.autograd.grad(F.scaled_dot_product_attention(qg, kg, vg, is_causal=causal), (qg, kg, vg), do)
+        for name, g, r in zip(("dq", "dk", "dv"), grads, refs):
+            rep.check(f"{mode} {name} vs SDPA", g, r, atol=3e-2 * max(1.0, r.abs().max().item()))
+        del grads, refs
+
+        bwd_default = fa.default_bwd_config(d, causal, dt)
         cands = {
-            "effilab triton fwd + PyTorch FA2 bwd": fb(lambda a, b, c: flash_attention(a, b, c, causal)),
+            "effilab triton fwd + triton bwd (default " + bwd_label(bwd_default) + ")":
+                fb(lambda a, b, c: flash_attention(a, b, c, causal)),
+            "effilab triton fwd + PyTorch FA2 bwd":
+                fb(lambda a, b, c: flash_attention(a, b, c, causal, backward="torch")),
             "SDPA flash backend": sdpa_fb(SDPBackend.FLASH_ATTENTION),
             "SDPA cuDNN backend": sdpa_fb(SDPBackend.CUDNN_ATTENTION),
         }
@@ -107,10 +126,19 @@ def main() -> int:
             cands["SDPA efficient backend"] = sdpa_fb(SDPBackend.EFFICIENT_ATTENTION)
         for name, fn in cands.items():
             rep.bench(name, mode, fn, 3.5 * flops)
+        if not args.no_sweep:
+            for cfg in fa.BWD_CONFIGS[:2] if args.quick else fa.BWD_CONFIGS:
+                rep.bench("effilab triton bwd " + bwd_label(cfg), mode,
+                          fb(lambda a, b, c, cfg=cfg: flash_attention(a, b, c, causal, bwd_config=cfg)),
+                          3.5 * flops, sweep=True)
         del qg, kg, vg, do
-    rep.note("the default configs live in effilab/ops/flash_attention.py (_DEFAULTS): set them from the sweep")
-    rep.note("effilab's backward is still the chunked PyTorch FlashAttention-2 backward (fp32 matmuls): "
-             "the fwd+bwd rows measure that gap")
+    rep.note("the default configs live in effilab/ops/flash_attention.py (_DEFAULTS, forward) and "
+             "effilab/ops/flash_attention_bwd.py (_BWD_DEFAULTS, backward, shrunk to fit shared memory): "
+             "set them from the sweeps")
+    rep.note("fwd+bwd: effilab's default backward is the Triton FlashAttention-2 backward (a dK/dV kernel per key "
+             "tile, a dQ kernel per query tile; no atomics); the 'PyTorch FA2 bwd' row is the chunked PyTorch "
+             "reference (fp32 matmuls), kept to show the gap; the 'triton bwd dKV ...' rows sweep BWD_CONFIGS "
+             "with the default forward")
     return rep.finish()
 
 

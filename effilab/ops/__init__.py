@@ -17,7 +17,7 @@ leaves those files out; each one lists in ``__ops__`` the names it adds to this 
 * ``rms_norm``         RMSNorm, forward + backward                         (rmsnorm.py)
 * ``swiglu``, ``swiglu_packed``  SwiGLU activation, forward + backward     (swiglu.py)
 * ``cross_entropy``    chunked online-logsumexp cross-entropy, in-place gradient (cross_entropy.py)
-* ``flash_attention``  FlashAttention forward (+ PyTorch backward)         (flash_attention.py)
+* ``flash_attention``  FlashAttention forward + backward  (flash_attention.py, flash_attention_bwd.py)
 """
 from __future__ import annotations
 

@@ -34,12 +34,14 @@ matrix products per tile, so the kernel is bound by tensor-core throughput. Deta
 * ``TMA_CONFIGS`` load the K/V tiles with Hopper's tensor-memory accelerator (tensor descriptors
   over the (B*H_kv*S, D) view) instead of per-thread pointer loads.
 
-Only the forward pass is a Triton kernel. ``flash_attention`` is still differentiable: its backward
-is the FlashAttention-2 backward written in plain PyTorch (recomputing the probabilities from the
-saved ``lse``, one chunk of query rows at a time), correct but not fast.
+The backward is the FlashAttention-2 backward in Triton (``flash_attention_bwd.py``: a dK/dV
+kernel per key tile and a dQ kernel per query tile, recomputing the probabilities from the saved
+``lse``). ``flash_attention(..., backward="torch")`` selects instead the same algorithm written in
+plain PyTorch (``attention_backward_torch``, one chunk of query rows at a time): correct, not fast,
+kept as the reference the Triton backward is tested against.
 
-Layout: reference -> kernels -> launcher (+ ``CONFIGS`` for the benchmark sweep) ->
-autograd.Function -> ``flash_attention``.
+Layout: reference -> kernels -> launcher (+ ``CONFIGS`` for the benchmark sweep) -> PyTorch
+backward -> autograd.Function -> ``flash_attention``; the backward kernels live in flash_attention_bwd.py.
 """
 from __future__ import annotations
 
@@ -52,15 +54,21 @@ import triton
 import triton.language as tl
 
 from ._utils import is_interpreter
+from .flash_attention_bwd import BWD_CONFIGS, default_bwd_config, default_bwd_fits, flash_attention_backward
 
 __all__ = [
     "attention_reference",
     "flash_attention",
     "flash_attention_forward",
+    "flash_attention_backward",
+    "attention_backward_torch",
     "FlashAttentionFunction",
     "CONFIGS",
     "TMA_CONFIGS",
+    "BWD_CONFIGS",
+    "BACKWARDS",
     "default_config",
+    "default_bwd_config",
     "tma_available",
 ]
 __ops__ = ("flash_attention", "attention_reference")  # added to effilab.ops (see effilab/ops/__init__.py)
@@ -374,7 +382,7 @@ def flash_attention_forward(q, k, v, causal: bool = False, sm_scale: float | Non
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. Autograd (Triton forward, plain-PyTorch FlashAttention-2 backward)
+# 4. Autograd (Triton forward; Triton or plain-PyTorch FlashAttention-2 backward)
 # ---------------------------------------------------------------------------------------------
 def attention_backward_torch(do, q, k, v, o, lse, causal, sm_scale, chunk: int = 1024):
     """FlashAttention-2 backward in PyTorch, one chunk of query rows at a time.
@@ -414,13 +422,26 @@ def attention_backward_torch(do, q, k, v, o, lse, causal, sm_scale, chunk: int =
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
+BACKWARDS = ("triton", "torch")  # the choices of flash_attention(..., backward=)
+
+
+def _check_backward(backward: str) -> None:
+    if backward not in BACKWARDS:
+        raise ValueError(f"backward must be one of {', '.join(map(repr, BACKWARDS))}; got {backward!r}")
+
+
 class FlashAttentionFunction(torch.autograd.Function):
+    """Triton forward; backward by ``backward`` ("triton": the kernels of flash_attention_bwd.py with
+    ``bwd_config``, or the PyTorch path when no default tiles fit this GPU's shared memory; "torch")."""
+
     @staticmethod
-    def forward(ctx, q, k, v, causal, sm_scale, config):
+    def forward(ctx, q, k, v, causal, sm_scale, config, backward="triton", bwd_config=None):
+        _check_backward(backward)
         o, lse = flash_attention_forward(q, k, v, causal, sm_scale, config)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.causal = causal
         ctx.sm_scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+        ctx.backward, ctx.bwd_config = backward, bwd_config
         ctx.mark_non_differentiable(lse)
         return o, lse
 
@@ -428,8 +449,13 @@ class FlashAttentionFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, do, dlse):
         q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = attention_backward_torch(do, q, k, v, o, lse, ctx.causal, ctx.sm_scale)
-        return dq, dk, dv, None, None, None
+        use_triton = ctx.backward == "triton" and (
+            ctx.bwd_config is not None or default_bwd_fits(q.shape[-1], q.dtype, q.device))
+        if use_triton:
+            dq, dk, dv = flash_attention_backward(do, q, k, v, o, lse, ctx.causal, ctx.sm_scale, ctx.bwd_config)
+        else:
+            dq, dk, dv = attention_backward_torch(do, q, k, v, o, lse, ctx.causal, ctx.sm_scale)
+        return dq, dk, dv, None, None, None, None, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -444,6 +470,8 @@ def flash_attention(
     *,
     return_lse: bool = False,
     config: dict | None = None,
+    backward: str = "triton",
+    bwd_config: dict | None = None,
 ):
     """Fused attention ``softmax(q k^T * sm_scale) v`` over (B, H, S, D) tensors.
 
@@ -452,10 +480,13 @@ def flash_attention(
     defaults to ``1/sqrt(D)``; ``causal`` uses the top-left aligned mask of
     ``F.scaled_dot_product_attention(is_causal=True)``. With ``return_lse`` also returns the
     per-row logsumexp (fp32, (B, H, S_q)). ``config`` (a dict with BLOCK_M, BLOCK_N, num_warps,
-    num_stages; see ``CONFIGS``) overrides the launch.
+    num_stages; see ``CONFIGS``) overrides the forward launch. ``backward`` picks the gradient's
+    implementation: ``"triton"`` (default; ``bwd_config`` overrides its launch, see ``BWD_CONFIGS``)
+    or ``"torch"`` (the chunked PyTorch reference, ``attention_backward_torch``).
     """
+    _check_backward(backward)
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-        o, lse = FlashAttentionFunction.apply(q, k, v, causal, sm_scale, config)
+        o, lse = FlashAttentionFunction.apply(q, k, v, causal, sm_scale, config, backward, bwd_config)
     else:
         o, lse = flash_attention_forward(q, k, v, causal, sm_scale, config)
     return (o, lse) if return_lse else o

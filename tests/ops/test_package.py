@@ -8,7 +8,7 @@ import sys
 
 OPS = pathlib.Path(__file__).resolve().parents[2] / "effilab" / "ops"
 MARKER = "# effilab: instructor-only"
-INSTRUCTOR_ONLY = ["rmsnorm.py", "swiglu.py", "cross_entropy.py", "flash_attention.py"]
+INSTRUCTOR_ONLY = ["rmsnorm.py", "swiglu.py", "cross_entropy.py", "flash_attention.py", "flash_attention_bwd.py"]
 PUBLIC = ["softmax.py", "layernorm.py", "cuda_rmsnorm.py", "modules.py", "__init__.py", "_utils.py"]
 
 
