@@ -14,7 +14,9 @@
 #              benchmark alone (--quick, no torch.compile);
 #   ops        pytest -m gpu tests/ops except the attention tests, on 4 workers;
 #   attention  pytest -m gpu on the attention tests (forward and the Triton backward), the attention benchmark
-#              with both sweeps, then ncu on the backward's kernels at B4 H32 S4096 D128.
+#              with both sweeps, then ncu on the backward's kernels at B4 H32 S4096 D128;
+#   grade      alice and bob graded out of the notebook, in the jail, for the assignments in $GRADE
+#              (default 06_lora_qlora): benchmarks/gpu/grading_throughput.py.
 # Each step has a time limit (seconds, overridable: DEQ_S NCU_S SWEEP_S HOST_S PYTEST_S BENCH_S) and the archive
 # is rewritten after every step, so a cut call keeps what ran.
 set -uo pipefail
@@ -23,7 +25,7 @@ R=$(mktemp -d /tmp/causes.XXXXXX)
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg PYTHONPATH="$PWD:${PYTHONPATH:-}"
 T0=$(date +%s)
 DEQ_S=${DEQ_S:-70} NCU_S=${NCU_S:-60} SWEEP_S=${SWEEP_S:-100} HOST_S=${HOST_S:-60} PYTEST_S=${PYTEST_S:-210}
-BENCH_S=${BENCH_S:-200}
+BENCH_S=${BENCH_S:-200} GRADE_S=${GRADE_S:-200} GRADE=${GRADE:-06_lora_qlora}
 stamp() { echo "== [$(( $(date +%s) - T0 )) s] $*"; tar czf "$OUT/open_causes.tgz" -C "$R" . 2>/dev/null; }
 run() {  # run LIMIT FILE CMD...: the command's output into $R/FILE, its exit status and tail on stdout
   local limit=$1 file=$2; shift 2
@@ -70,6 +72,11 @@ stage_attention() {
   run "$BENCH_S" bench_flash_attention.txt python3 benchmarks/ops/bench_flash_attention.py --out "$R/bench" --no-compile
   stamp "attention: ncu on the backward"
   run "$NCU_S" flash_bwd_ncu.txt $(python3 benchmarks/gpu/flash_bwd_profile.py --print-ncu)
+}
+stage_grade() {
+  stamp "grade: alice and bob, $GRADE"
+  run "$GRADE_S" grading.txt python3 benchmarks/gpu/grading_throughput.py --students alice bob --assignments $GRADE \
+    --out "$R/grading"
 }
 
 {
