@@ -14,7 +14,7 @@
 #              benchmark alone (--quick, no torch.compile);
 #   ops        pytest -m gpu tests/ops except the attention tests, on 4 workers;
 #   attention  pytest -m gpu on the attention tests (forward and the Triton backward), the attention benchmark
-#              with both sweeps, then ncu on the backward's kernels at B4 H32 S4096 D128;
+#              with the backward's sweep, then ncu on the backward's kernels at B4 H32 S4096 D128;
 #   grade      alice and bob graded out of the notebook, in the jail, for the assignments in $GRADE
 #              (default 06_lora_qlora): benchmarks/gpu/grading_throughput.py.
 # Each step has a time limit (seconds, overridable: DEQ_S NCU_S SWEEP_S HOST_S PYTEST_S BENCH_S) and the archive
@@ -69,7 +69,7 @@ stage_attention() {
   stamp "attention: pytest -m gpu"
   gpu_pytest pytest_gpu_attention.txt tests/ops/test_flash_attention.py tests/ops/test_flash_attention_bwd.py
   stamp "attention: benchmark"
-  run "$BENCH_S" bench_flash_attention.txt python3 benchmarks/ops/bench_flash_attention.py --out "$R/bench" --no-compile
+  run "$BENCH_S" bench_flash_attention.txt python3 benchmarks/ops/bench_flash_attention.py --out "$R/bench" --no-compile --bwd-sweep-only
   stamp "attention: ncu on the backward"
   run "$NCU_S" flash_bwd_ncu.txt $(python3 benchmarks/gpu/flash_bwd_profile.py --print-ncu)
 }

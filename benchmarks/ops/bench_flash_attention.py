@@ -44,6 +44,8 @@ def sdpa(backend, q, k, v, causal):
 def main() -> int:
     def extra(p):
         p.add_argument("--shape", default=C.pick("4,32,4096,128", "1,2,96,64"), help="B,H,S,D")
+        p.add_argument("--bwd-sweep-only", action="store_true",
+                       help="sweep the backward's configs but not the forward's")
 
     args = C.parse_args(__doc__.splitlines()[0], extra)
     b, h, s, d = (int(v) for v in args.shape.split(","))
@@ -82,7 +84,7 @@ def main() -> int:
                 cands["torch.compile(naive reference)"] = lambda: compiled(q, k, v, causal)
             for name, fn in cands.items():
                 rep.bench(name, mode, fn, flops, memory_fn=fn)
-            if not args.no_sweep:
+            if not (args.no_sweep or args.bwd_sweep_only):
                 configs = fa.CONFIGS[:2] if args.quick else fa.CONFIGS
                 tma = (fa.TMA_CONFIGS[:2] if args.quick else fa.TMA_CONFIGS) if fa.tma_available() else []
                 for cfg in configs + tma:
