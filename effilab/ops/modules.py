@@ -106,7 +106,7 @@ class CrossEntropyLoss(nn.Module):
 
 
 class FlashAttention(nn.Module):
-    """``softmax(q k^T / sqrt(D)) v`` over (B, H, S, D) tensors (Triton forward)."""
+    """``softmax(q k^T / sqrt(D)) v`` over (B, H, S, D) tensors (Triton forward and FlashAttention-2 backward)."""
 
     def __init__(self, causal: bool = False, sm_scale: float | None = None):
         super().__init__()

@@ -84,7 +84,7 @@ def test_input_validation():
 def test_backward_pytorch_path(causal):
     q, k, v = (t.requires_grad_() for t in _qkv(1, 4, 45, 32, torch.float32, seed=14, hk=2))
     do = randn(1, 4, 45, 32, seed=17)
-    flash_attention(q, k, v, causal).backward(do)
+    flash_attention(q, k, v, causal, backward="torch").backward(do)
     refs = [t.detach().double().requires_grad_() for t in (q, k, v)]
     attention_reference(*refs, causal).backward(do.double())
     for t, r, name in zip((q, k, v), refs, "qkv"):
