@@ -304,6 +304,31 @@ def test_every_observation_crosses_the_wire_and_judges_the_same(ref, name):
         assert ex.judge(back, c, ex.expect(c)) is None, g.name
 
 
+def test_the_timed_step_is_built_after_dynamo_forgets_what_earlier_cells_compiled(monkeypatch):
+    compiles = []
+
+    def backend(gm, example_inputs):
+        compiles.append(gm)
+        return gm.forward
+
+    f = torch.compile(lambda x: x * 2 + 1, backend=backend)
+    f(torch.ones(3))
+    f(torch.ones(3))
+    assert len(compiles) == 1
+    nb09.cold_start()
+    f(torch.ones(3))
+    assert len(compiles) == 2, "cold_start must drop the frames compiled before it"
+
+    ex = get("make_compiled_step")
+    part = ex.speed_part(key_for(ex, "public"))
+    order = []
+    monkeypatch.setattr(nb09, "cold_start", lambda: order.append("cold start"))
+    step = part.call(lambda model, opt: order.append("student builds the step") or (lambda batch: batch), (None, None, 7))
+    assert order == ["cold start", "student builds the step"] and step() == 7
+    part.call(None, (None, None, 7))  # the eager baseline: no reset, nothing of the student's runs
+    assert order == ["cold start", "student builds the step"]
+
+
 # ---------------------------------------------------------------------------------------------- GPU
 @pytest.mark.gpu
 def test_reference_step_is_faster_than_eager_on_the_gpu(ref):
