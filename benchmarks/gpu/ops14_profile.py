@@ -10,6 +10,10 @@ cross-entropy 8192x128256 bf16 (the fused forward that writes the gradient), att
 B4 H32 S4096 D128 bf16 forward (non-causal and causal). Without ncu it just runs them (a dry run).
 The RMSNorm backward's first-call timing is switched off (EFFILAB_RMSNORM_TUNE=0): its launches
 would be profiled too; OPS14_BLOCKED picks the blocked variant to profile next to the static one.
+OPS14_VARIANTS=1 profiles instead the launch variants of the fifth 2026-12-02 session: cross-entropy
+persistent / reversed / L2-hinted / pipelined against its default (L2 hit rate and DRAM bytes tell how
+much of pass 2 came from L2), and the attention forward's rotated loop (``PIPELINE``) against its
+default (tensor-pipe activity).
 """
 from __future__ import annotations
 
@@ -53,9 +57,34 @@ def launches():
     yield "attention fwd causal (default)", lambda: flash_attention_forward(q, k, vv, True)
 
 
+CE_VARIANTS = [(8192, 16, 0, True, True), (8192, 16, 1, True, True), (8192, 16, 2, True, True, 2),
+               (4096, 8, 2, True, True, 3)]
+ATTN_VARIANT = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, PIPELINE=True)
+
+
+def variant_launches():
+    from effilab.ops.cross_entropy import cross_entropy_forward
+    from effilab.ops.flash_attention import flash_attention_forward
+
+    dev, bf = "cuda", torch.bfloat16
+    g = torch.Generator(device=dev).manual_seed(0)
+    logits = (torch.randn(8192, 128256, device=dev, generator=g) * 2).to(bf)
+    t = torch.randint(0, 128256, (8192,), device=dev, generator=g)
+    yield "cross-entropy fwd+grad (default)", lambda: cross_entropy_forward(logits, t)
+    for cfg in CE_VARIANTS:
+        yield f"cross-entropy fwd+grad config={cfg}", lambda cfg=cfg: cross_entropy_forward(logits, t, config=cfg)
+    del logits
+    q, k, vv = (torch.randn(4, 32, 4096, 128, device=dev, dtype=bf, generator=g) for _ in range(3))
+    for causal in (False, True):
+        yield f"attention fwd causal={causal} (default)", lambda c=causal: flash_attention_forward(q, k, vv, c)
+        yield f"attention fwd causal={causal} {ATTN_VARIANT}", \
+            lambda c=causal: flash_attention_forward(q, k, vv, c, config=ATTN_VARIANT)
+
+
 def main() -> int:
     ok = True
-    for i, (name, fn) in enumerate(launches()):
+    chosen = variant_launches() if os.environ.get("OPS14_VARIANTS") == "1" else launches()
+    for i, (name, fn) in enumerate(chosen):
         try:
             fn()
             torch.cuda.synchronize()

@@ -80,12 +80,15 @@ def main() -> int:
         cands["torch.compile(reference)"] = fb(compiled, x_keep)
     if liger is not None:
         cands["liger_cross_entropy (in place)"] = fb(liger_ce, x_leaf)
+    copy_out = torch.empty_like(x)
+    # the same-run anchor: one copy of the logits moves what a one-pass kernel must (read + write)
+    cands["torch copy of the logits (anchor)"] = lambda: copy_out.copy_(x)
     for name, fn in cands.items():
         rep.bench(name, "fwd+bwd", fn, bytes_fwdbwd, memory_fn=fn)
     if not args.no_sweep:
         for cfg in ce.CONFIGS:
             fn = fb(lambda a, b, cfg=cfg: cross_entropy(a, b, config=cfg), x_leaf)
-            rep.bench(f"effilab config={cfg}", "fwd+bwd", fn, bytes_fwdbwd, note="(BLOCK_V, warps)", sweep=True)
+            rep.bench(f"effilab config={cfg}", "fwd+bwd", fn, bytes_fwdbwd, note="(BLOCK_V, warps[, programs/SM, reverse, evict])", sweep=True)
 
     # ---- forward only (evaluation) --------------------------------------------------------------
     with torch.no_grad():

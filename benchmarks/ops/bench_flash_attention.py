@@ -26,7 +26,8 @@ from effilab.ops.flash_attention import attention_reference, flash_attention
 
 def label(cfg: dict) -> str:
     tma = " TMA" if cfg.get("TMA") else ""
-    return "{BLOCK_M}x{BLOCK_N} w{num_warps} s{num_stages}".format(**cfg) + tma
+    pipe = " pipelined" if cfg.get("PIPELINE") else ""
+    return "{BLOCK_M}x{BLOCK_N} w{num_warps} s{num_stages}".format(**cfg) + tma + pipe
 
 
 def bwd_label(cfg: dict) -> str:
@@ -46,6 +47,7 @@ def main() -> int:
         p.add_argument("--shape", default=C.pick("4,32,4096,128", "1,2,96,64"), help="B,H,S,D")
         p.add_argument("--bwd-sweep-only", action="store_true",
                        help="sweep the backward's configs but not the forward's")
+        p.add_argument("--fwd-only", action="store_true", help="time the forward only (no fwd+bwd rows)")
 
     args = C.parse_args(__doc__.splitlines()[0], extra)
     b, h, s, d = (int(v) for v in args.shape.split(","))
@@ -87,13 +89,16 @@ def main() -> int:
             if not (args.no_sweep or args.bwd_sweep_only):
                 configs = fa.CONFIGS[:2] if args.quick else fa.CONFIGS
                 tma = (fa.TMA_CONFIGS[:2] if args.quick else fa.TMA_CONFIGS) if fa.tma_available() else []
-                for cfg in configs + tma:
+                pipe = [c for c in fa.PIPELINE_CONFIGS if fa.tma_available() or not c.get("TMA")]
+                for cfg in configs + tma + pipe:
                     if causal and cfg["BLOCK_M"] % cfg["BLOCK_N"]:
                         continue
                     rep.bench("effilab " + label(cfg), mode,
                               lambda cfg=cfg: flash_attention(q, k, v, causal, config=cfg), flops, sweep=True)
 
         # ---- forward + backward (training) ----------------------------------------------------
+        if args.fwd_only:
+            continue
         mode = "fwd+bwd causal" if causal else "fwd+bwd"
         qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
         do = torch.randn_like(q)

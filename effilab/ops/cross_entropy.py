@@ -37,7 +37,7 @@ import effilab  # noqa: F401  (must precede triton)
 import triton
 import triton.language as tl
 
-from ._utils import is_interpreter, next_power_of_2
+from ._utils import is_interpreter, next_power_of_2, num_sms
 
 __all__ = ["cross_entropy_reference", "cross_entropy", "CrossEntropyFunction", "CONFIGS"]
 __ops__ = ("cross_entropy", "cross_entropy_reference")  # added to effilab.ops (see effilab/ops/__init__.py)
@@ -75,55 +75,79 @@ def _cross_entropy_fwd_kernel(
     ignore_index,  # target value of rows that are ignored
     MEAN: tl.constexpr,  # reduction == "mean": scale the gradient by 1 / n_valid
     COMPUTE_GRAD: tl.constexpr,  # run the second pass that writes the gradient
-    BLOCK_M: tl.constexpr,  # rows per program (1 on the GPU; more in the interpreter)
+    BLOCK_M: tl.constexpr,  # rows per tile (1 on the GPU; more in the interpreter)
     BLOCK_V: tl.constexpr,  # vocabulary chunk per loop iteration (power of two)
+    REVERSE: tl.constexpr,  # pass 2 walks the row backwards: its first chunks are pass 1's last (in L2)
+    EVICT: tl.constexpr,  # L2 hints: keep pass 1's reads (evict_last), stream pass 2's (evict_first)
+    STAGES: tl.constexpr,  # software-pipeline pass 1's loads this deep (more bytes in flight per program)
 ):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < n_rows
-    rows64 = rows.to(tl.int64)
-    x_row = logits_ptr + rows64 * stride_logits_row  # (BLOCK_M,) row base pointers
+    # Persistent when the grid is smaller than the number of tiles: program p takes tiles p, p + P, ...
+    # Fewer rows in flight means pass 2 finds more of its row still in L2 (see _fwd_config).
+    n_tiles = tl.cdiv(n_rows, BLOCK_M)
+    n_chunks = tl.cdiv(n_cols, BLOCK_V)
+    for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
+        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < n_rows
+        rows64 = rows.to(tl.int64)
+        x_row = logits_ptr + rows64 * stride_logits_row  # (BLOCK_M,) row base pointers
 
-    target = tl.load(target_ptr + rows, mask=row_ok, other=ignore_index).to(tl.int64)
-    valid = (target != ignore_index) & row_ok
+        target = tl.load(target_ptr + rows, mask=row_ok, other=ignore_index).to(tl.int64)
+        valid = (target != ignore_index) & row_ok
 
-    # ---- pass 1: online logsumexp over vocabulary chunks -----------------------------------
-    # Start from a very negative *finite* max so that fully masked chunks never produce
-    # exp(-inf - (-inf)) = nan.
-    m = tl.full((BLOCK_M,), -3.0e38, dtype=tl.float32)  # running max
-    s = tl.zeros((BLOCK_M,), dtype=tl.float32)  # running sum of exp(x - m)
-    for start in range(0, n_cols, BLOCK_V):
-        start = tl.multiple_of(start, BLOCK_V)
-        cols = start + tl.arange(0, BLOCK_V)
-        mask = row_ok[:, None] & (cols[None, :] < n_cols)
-        x = tl.load(x_row[:, None] + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32)
-        m_new = tl.maximum(m, tl.max(x, axis=1))
-        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
-        m = m_new
-    lse = m + tl.log(tl.where(row_ok, s, 1.0))  # rows past the end: avoid log(0)
-
-    # The target logit, read before pass 2 may overwrite the row.
-    x_t = tl.load(x_row + tl.where(valid, target, 0), mask=valid, other=0.0).to(tl.float32)
-    loss = tl.where(valid, lse - x_t, 0.0)
-    tl.store(loss_ptr + rows, loss, mask=row_ok)
-    tl.store(lse_ptr + rows, lse, mask=row_ok)
-
-    # ---- pass 2: gradient softmax - onehot, scaled, written over the row --------------------
-    if COMPUTE_GRAD:
-        if MEAN:
-            n_valid = tl.load(n_valid_ptr)
-            scale = tl.where(valid, 1.0 / n_valid, 0.0)  # where, not multiply: n_valid may be 0
-        else:
-            scale = tl.where(valid, 1.0, 0.0)
-        g_row = grad_ptr + rows64 * stride_grad_row
-        for start in range(0, n_cols, BLOCK_V):
+        # ---- pass 1: online logsumexp over vocabulary chunks -------------------------------
+        # Start from a very negative *finite* max so that fully masked chunks never produce
+        # exp(-inf - (-inf)) = nan.
+        m = tl.full((BLOCK_M,), -3.0e38, dtype=tl.float32)  # running max
+        s = tl.zeros((BLOCK_M,), dtype=tl.float32)  # running sum of exp(x - m)
+        for start in tl.range(0, n_cols, BLOCK_V, num_stages=STAGES):
             start = tl.multiple_of(start, BLOCK_V)
             cols = start + tl.arange(0, BLOCK_V)
             mask = row_ok[:, None] & (cols[None, :] < n_cols)
-            x = tl.load(x_row[:, None] + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32)
-            p = tl.exp(x - lse[:, None])
-            p = tl.where(cols[None, :] == target[:, None], p - 1.0, p)
-            g = p * scale[:, None]
-            tl.store(g_row[:, None] + cols[None, :], g.to(grad_ptr.dtype.element_ty), mask=mask)
+            ptrs = x_row[:, None] + cols[None, :]
+            if EVICT:
+                x = tl.load(ptrs, mask=mask, other=float("-inf"), eviction_policy="evict_last")
+            else:
+                x = tl.load(ptrs, mask=mask, other=float("-inf"))
+            x = x.to(tl.float32)
+            m_new = tl.maximum(m, tl.max(x, axis=1))
+            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
+            m = m_new
+        lse = m + tl.log(tl.where(row_ok, s, 1.0))  # rows past the end: avoid log(0)
+
+        # The target logit, read before pass 2 may overwrite the row.
+        x_t = tl.load(x_row + tl.where(valid, target, 0), mask=valid, other=0.0).to(tl.float32)
+        loss = tl.where(valid, lse - x_t, 0.0)
+        tl.store(loss_ptr + rows, loss, mask=row_ok)
+        tl.store(lse_ptr + rows, lse, mask=row_ok)
+
+        # ---- pass 2: gradient softmax - onehot, scaled, written over the row ----------------
+        if COMPUTE_GRAD:
+            if MEAN:
+                n_valid = tl.load(n_valid_ptr)
+                scale = tl.where(valid, 1.0 / n_valid, 0.0)  # where, not multiply: n_valid may be 0
+            else:
+                scale = tl.where(valid, 1.0, 0.0)
+            g_row = grad_ptr + rows64 * stride_grad_row
+            for i in range(0, n_chunks):
+                if REVERSE:
+                    start = (n_chunks - 1 - i) * BLOCK_V
+                else:
+                    start = i * BLOCK_V
+                start = tl.multiple_of(start, BLOCK_V)
+                cols = start + tl.arange(0, BLOCK_V)
+                mask = row_ok[:, None] & (cols[None, :] < n_cols)
+                ptrs = x_row[:, None] + cols[None, :]
+                if EVICT:
+                    x = tl.load(ptrs, mask=mask, other=float("-inf"), eviction_policy="evict_first")
+                else:
+                    x = tl.load(ptrs, mask=mask, other=float("-inf"))
+                p = tl.exp(x.to(tl.float32) - lse[:, None])
+                p = tl.where(cols[None, :] == target[:, None], p - 1.0, p)
+                g = (p * scale[:, None]).to(grad_ptr.dtype.element_ty)
+                if EVICT:
+                    tl.store(g_row[:, None] + cols[None, :], g, mask=mask, eviction_policy="evict_first")
+                else:
+                    tl.store(g_row[:, None] + cols[None, :], g, mask=mask)
 
 
 @triton.jit
@@ -153,20 +177,50 @@ def _scale_rows_kernel(
 # ---------------------------------------------------------------------------------------------
 # 3. Launchers
 # ---------------------------------------------------------------------------------------------
-# (BLOCK_V, num_warps) candidates for the benchmark sweep.
-CONFIGS = [(4096, 8), (8192, 16), (16384, 16), (16384, 32), (32768, 32)]
+# Launch configurations: (BLOCK_V, num_warps[, programs_per_sm, reverse, evict, stages]). The first two are
+# the chunk and the warps of one program; the optional three decide how much of pass 2 is served
+# from L2 instead of DRAM: ``programs_per_sm`` > 0 makes the kernel persistent (that many programs
+# per SM, each looping over rows), so only ``SMs x programs_per_sm`` rows are in flight
+# (132 x 1 x 256 KB = 34 MB at V = 128256 bf16: less than the H200's 50 MB L2), ``reverse`` walks
+# pass 2 from the row's end (pass 1 read it last), ``evict`` adds the L2 eviction hints. 0 / False
+# / False is the plain one-row-per-program launch, whose pass 2 re-reads the row from DRAM.
+# ``stages`` > 1 software-pipelines pass 1 (loads of the next chunks in flight while one is reduced),
+# which keeps DRAM busy with fewer programs per SM.
+CONFIGS = [
+    (4096, 8), (8192, 16), (16384, 16), (16384, 32), (32768, 32),
+    (8192, 16, 0, True, False), (8192, 16, 0, True, True),
+    (8192, 16, 1, True, True), (8192, 16, 2, True, True), (8192, 16, 1, False, False),
+    (4096, 8, 2, True, True), (4096, 8, 4, True, True), (16384, 32, 1, True, True),
+    (8192, 16, 1, True, True, 3), (8192, 16, 2, True, True, 2), (4096, 8, 2, True, True, 3),
+]
 DEFAULT_CONFIG = (8192, 16)
 
 
-def _fwd_config(n_cols: int, config=None) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_V, num_warps)."""
+_CONFIG_FIELDS = ("BLOCK_V", "num_warps", "programs_per_sm", "reverse", "evict", "stages")
+
+
+def _normalise_config(config) -> tuple[int, int, int, bool, bool, int]:
+    """A launch configuration of 2 to 6 entries as (BLOCK_V, num_warps, programs_per_sm, reverse, evict,
+    stages), the missing ones at their plain values (0, False, False, 1)."""
+    cfg = tuple(DEFAULT_CONFIG if config is None else config)
+    if not 2 <= len(cfg) <= 6:
+        raise ValueError(f"config must be ({', '.join(_CONFIG_FIELDS[:2])}[, {', '.join(_CONFIG_FIELDS[2:])}]), "
+                         f"got {config!r}")
+    block_v, num_warps, per_sm, reverse, evict, stages = cfg + (0, False, False, 1)[len(cfg) - 2:]
+    if block_v <= 0 or block_v & (block_v - 1) or int(per_sm) < 0 or int(stages) < 1:
+        raise ValueError(f"config {config!r}: BLOCK_V must be a power of two, programs_per_sm >= 0, stages >= 1")
+    return int(block_v), int(num_warps), int(per_sm), bool(reverse), bool(evict), int(stages)
+
+
+def _fwd_config(n_cols: int, config=None) -> tuple[int, int, int, int, bool, bool, int]:
+    """(BLOCK_M, BLOCK_V, num_warps, programs_per_sm, reverse, evict, stages)."""
+    block_v, num_warps, per_sm, reverse, evict, stages = _normalise_config(config)
     if is_interpreter():
         block_v = min(next_power_of_2(n_cols), 4096)
-        return max(1, min(64, 65536 // block_v)), block_v, 4
-    block_v, num_warps = config if config is not None else DEFAULT_CONFIG
+        return max(1, min(64, 65536 // block_v)), block_v, 4, per_sm, reverse, evict, stages
     block_v = min(block_v, max(next_power_of_2(n_cols), 128))
     num_warps = min(num_warps, max(4, block_v // 512))  # small vocabularies: fewer warps
-    return 1, block_v, num_warps
+    return 1, block_v, num_warps, per_sm, reverse, evict, stages
 
 
 def cross_entropy_forward(
@@ -197,14 +251,16 @@ def cross_entropy_forward(
     else:
         grad = None
     if n_rows > 0:
-        block_m, block_v, num_warps = _fwd_config(n_cols, config)
+        block_m, block_v, num_warps, per_sm, reverse, evict, stages = _fwd_config(n_cols, config)
+        n_tiles = triton.cdiv(n_rows, block_m)
+        grid = n_tiles if per_sm == 0 else min(n_tiles, per_sm * num_sms(device))
         g = grad if grad is not None else logits2  # never written when COMPUTE_GRAD is False
-        _cross_entropy_fwd_kernel[(triton.cdiv(n_rows, block_m),)](
+        _cross_entropy_fwd_kernel[(grid,)](
             logits2, g, target, loss_rows, lse, n_valid,
             logits2.stride(0), g.stride(0),
             n_rows, n_cols, ignore_index,
             MEAN=(reduction == "mean"), COMPUTE_GRAD=compute_grad,
-            BLOCK_M=block_m, BLOCK_V=block_v,
+            BLOCK_M=block_m, BLOCK_V=block_v, REVERSE=reverse, EVICT=evict, STAGES=stages,
             num_warps=num_warps,
         )
     if reduction == "mean":
@@ -290,7 +346,8 @@ def cross_entropy(
 
     When ``logits`` requires grad the gradient is computed during the forward pass and, with
     ``inplace=True`` (the default, memory-lean), **written over ``logits``**: do not read the logits
-    after this call. ``config=(BLOCK_V, num_warps)`` overrides the GPU launch.
+    after this call. ``config=(BLOCK_V, num_warps[, programs_per_sm, reverse, evict, stages])`` overrides the
+    GPU launch (see ``CONFIGS``).
     """
     compute_grad = torch.is_grad_enabled() and logits.requires_grad
     return CrossEntropyFunction.apply(logits, target, ignore_index, reduction, inplace, config, compute_grad)

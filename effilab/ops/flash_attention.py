@@ -65,6 +65,7 @@ __all__ = [
     "FlashAttentionFunction",
     "CONFIGS",
     "TMA_CONFIGS",
+    "PIPELINE_CONFIGS",
     "BWD_CONFIGS",
     "BACKWARDS",
     "default_config",
@@ -171,6 +172,57 @@ def _attn_fwd_inner(
 
 
 @triton.jit
+def _load_full_tile(base, row0, start_n, stride_n, offs_n0, offs_d, TMA: tl.constexpr):
+    """One unmasked [BLOCK_N, HEAD_DIM] K or V tile: a TMA descriptor load or per-thread pointer loads."""
+    if TMA:
+        return base.load([row0 + start_n, 0])
+    return tl.load(base + (start_n + offs_n0)[:, None] * stride_n + offs_d[None, :])
+
+
+@triton.jit
+def _attn_fwd_inner_pipelined(
+    acc, l_i, m_i, q,  # as in _attn_fwd_inner
+    k_base, v_base, kv_row0, stride_kn, stride_vn,  # as in _attn_fwd_inner
+    offs_d,  # [HEAD_DIM] int  0 .. HEAD_DIM-1
+    lo,  # first key position (multiple of BLOCK_N)
+    hi,  # one past the last key position; (hi - lo) % BLOCK_N == 0: full tiles, no masks
+    qk_scale,  # softmax scale * log2(e)
+    BLOCK_N: tl.constexpr,  # keys per tile
+    TMA: tl.constexpr,  # K/V through tensor descriptors
+):
+    """The unmasked key loop, software-pipelined by one tile: the scores of tile j+1 (``Q K^T``, a
+    tensor-core product Hopper runs asynchronously) are issued *before* the softmax of tile j, so
+    the exponentials can overlap the next product instead of waiting for it. This is the
+    "intra-warpgroup overlap" of FlashAttention-3 (Shah et al., 2024) written as a loop
+    rotation; whether the compiler's wait placement lets the two overlap is what the H200 sweep
+    measures (``PIPELINE`` in ``CONFIGS``). Costs one more score tile of registers."""
+    offs_n0 = tl.arange(0, BLOCK_N)
+    if hi > lo:
+        s = tl.dot(q, tl.trans(_load_full_tile(k_base, kv_row0, lo, stride_kn, offs_n0, offs_d, TMA)))
+        for start_n in range(lo, hi - BLOCK_N, BLOCK_N):
+            start_n = tl.multiple_of(start_n, BLOCK_N)
+            k_next = _load_full_tile(k_base, kv_row0, start_n + BLOCK_N, stride_kn, offs_n0, offs_d, TMA)
+            s_next = tl.dot(q, tl.trans(k_next))  # issued before this tile's softmax
+            v = _load_full_tile(v_base, kv_row0, start_n, stride_vn, offs_n0, offs_d, TMA)
+            acc, l_i, m_i = _softmax_pv_step(acc, l_i, m_i, s, v, qk_scale)
+            s = s_next
+        v = _load_full_tile(v_base, kv_row0, hi - BLOCK_N, stride_vn, offs_n0, offs_d, TMA)  # the last tile
+        acc, l_i, m_i = _softmax_pv_step(acc, l_i, m_i, s, v, qk_scale)
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _softmax_pv_step(acc, l_i, m_i, s, v, qk_scale):
+    """One unmasked online-softmax update with raw scores ``s`` and the value tile ``v``."""
+    m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
+    p = tl.exp2(s * qk_scale - m_new[:, None])  # one FMA + one exp2 per score
+    alpha = tl.exp2(m_i - m_new)  # 0 on the first tile (m_i = -inf)
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+    return acc, l_i, m_new
+
+
+@triton.jit
 def _attn_fwd_kernel(
     q_ptr,  # *T   queries, (B, H, n_ctx_q, HEAD_DIM), unit stride on the last dim
     k_ptr,  # *T   keys, (B, H_kv, n_ctx_k, HEAD_DIM), unit stride on the last dim (TMA: descriptor)
@@ -193,6 +245,7 @@ def _attn_fwd_kernel(
     EVEN_M: tl.constexpr,  # n_ctx_q % BLOCK_M == 0: no query bound checks
     EVEN_N: tl.constexpr,  # n_ctx_k % BLOCK_N == 0: no key bound checks
     TMA: tl.constexpr,  # k_ptr / v_ptr are tensor descriptors of the (B*H_kv*n_ctx_k, D) views
+    PIPELINE: tl.constexpr,  # unmasked tiles through _attn_fwd_inner_pipelined (next Q K^T issued early)
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -230,11 +283,17 @@ def _attn_fwd_kernel(
     if CAUSAL:
         # Tiles strictly below the diagonal: every key is visible, no mask at all.
         diag = start_m * BLOCK_M
-        acc, l_i, m_i = _attn_fwd_inner(
-            acc, l_i, m_i, q, k_base, v_base, kv_row0, stride_kn, stride_vn, offs_m, offs_d,
-            0, diag, qk_scale, n_ctx_k,
-            BLOCK_N=BLOCK_N, MASK_CAUSAL=False, CHECK_N=False, TMA=TMA,
-        )
+        if PIPELINE:
+            acc, l_i, m_i = _attn_fwd_inner_pipelined(
+                acc, l_i, m_i, q, k_base, v_base, kv_row0, stride_kn, stride_vn, offs_d,
+                0, diag, qk_scale, BLOCK_N=BLOCK_N, TMA=TMA,
+            )
+        else:
+            acc, l_i, m_i = _attn_fwd_inner(
+                acc, l_i, m_i, q, k_base, v_base, kv_row0, stride_kn, stride_vn, offs_m, offs_d,
+                0, diag, qk_scale, n_ctx_k,
+                BLOCK_N=BLOCK_N, MASK_CAUSAL=False, CHECK_N=False, TMA=TMA,
+            )
         # The diagonal band [diag, diag + BLOCK_M): causal mask (and bounds on a ragged end).
         acc, l_i, m_i = _attn_fwd_inner(
             acc, l_i, m_i, q, k_base, v_base, kv_row0, stride_kn, stride_vn, offs_m, offs_d,
@@ -243,11 +302,17 @@ def _attn_fwd_kernel(
         )
     else:
         n_full = (n_ctx_k // BLOCK_N) * BLOCK_N
-        acc, l_i, m_i = _attn_fwd_inner(
-            acc, l_i, m_i, q, k_base, v_base, kv_row0, stride_kn, stride_vn, offs_m, offs_d,
-            0, n_full, qk_scale, n_ctx_k,
-            BLOCK_N=BLOCK_N, MASK_CAUSAL=False, CHECK_N=False, TMA=TMA,
-        )
+        if PIPELINE:
+            acc, l_i, m_i = _attn_fwd_inner_pipelined(
+                acc, l_i, m_i, q, k_base, v_base, kv_row0, stride_kn, stride_vn, offs_d,
+                0, n_full, qk_scale, BLOCK_N=BLOCK_N, TMA=TMA,
+            )
+        else:
+            acc, l_i, m_i = _attn_fwd_inner(
+                acc, l_i, m_i, q, k_base, v_base, kv_row0, stride_kn, stride_vn, offs_m, offs_d,
+                0, n_full, qk_scale, n_ctx_k,
+                BLOCK_N=BLOCK_N, MASK_CAUSAL=False, CHECK_N=False, TMA=TMA,
+            )
         if not EVEN_N:  # one ragged tile at the end
             acc, l_i, m_i = _attn_fwd_inner(
                 acc, l_i, m_i, q, k_base, v_base, kv_row0, stride_kn, stride_vn, offs_m, offs_d,
@@ -287,6 +352,13 @@ TMA_CONFIGS = [
     dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, TMA=True),
     dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=4, TMA=True),
     dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2, TMA=True),
+]
+# The loop rotated by one tile (``_attn_fwd_inner_pipelined``), with pointer loads and with TMA.
+PIPELINE_CONFIGS = [
+    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, PIPELINE=True),
+    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2, PIPELINE=True),
+    dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2, PIPELINE=True),
+    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, TMA=True, PIPELINE=True),
 ]
 
 # Defaults by (head_dim, causal); overridable per call with ``config=``. Fill in from the sweep.
@@ -376,6 +448,7 @@ def flash_attention_forward(q, k, v, causal: bool = False, sm_scale: float | Non
         h, h // hk, sq, sk, scale * 1.4426950408889634,
         HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal,
         EVEN_M=(sq % block_m == 0), EVEN_N=(sk % block_n == 0), TMA=use_tma,
+        PIPELINE=bool(cfg.get("PIPELINE", False)),
         num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2),
     )
     return o, lse

@@ -44,6 +44,31 @@ def test_loss_and_grad(dtype, reduction):
     assert_close(x.grad, grad_ref, dtype, name="grad")
 
 
+@pytest.mark.parametrize("config", [(8192, 16, 1, True, True), (8192, 16, 0, True, False), (8192, 16, 2, False, True),
+                                    (8192, 16, 1, True, True, 3)])
+def test_persistent_and_reversed_launches_match_the_plain_one(config):
+    # n = 70 rows in tiles of 16 (the interpreter's) -> 5 tiles: one program per SM (4 in the interpreter)
+    # must loop over a second tile; V = 5000 is two chunks, so pass 2 in reverse starts at the ragged one
+    n, v = 70, 5000
+    x0 = randn(n, v, seed=30, scale=3.0)
+    t = _targets(n, v, seed=31)
+    plain, alt = x0.clone().requires_grad_(), x0.clone().requires_grad_()
+    cross_entropy(plain.clone(), t).backward()
+    loss = cross_entropy(alt.clone(), t, config=config)
+    loss.backward()
+    loss_ref, grad_ref = _reference(x0, t, "mean", torch.tensor(1.0))
+    assert_close(loss, loss_ref, torch.float32, name="loss")
+    assert torch.equal(alt.grad, plain.grad), "a launch variant changed the gradient"
+
+
+@pytest.mark.parametrize("config", [(8192,), (3000, 16), (8192, 16, -1, True, True), (8192, 16, 0, True, True, 0),
+                                    (8192, 16, 1, True, True, 2, 9)])
+def test_a_malformed_config_is_refused_with_what_to_fix(config):
+    x = randn(4, 100, seed=32)
+    with pytest.raises(ValueError, match="BLOCK_V"):
+        cross_entropy(x, _targets(4, 100, seed=33), config=config)
+
+
 def test_grad_output_scaling_and_large_vocab():
     n, v = 24, 32011
     x0 = randn(n, v, seed=4, scale=2.0)

@@ -57,6 +57,15 @@ def test_tma_path(causal):
     _check(q, k, v, causal, config=cfg)
 
 
+@pytest.mark.parametrize("tma", [False, True] if fa.tma_available() else [False])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("seq", [16, 75, 96])  # one tile (no rotation), ragged end, three full key tiles
+def test_pipelined_loop(causal, tma, seq):
+    cfg = dict(BLOCK_M=32, BLOCK_N=16, num_warps=4, num_stages=1, PIPELINE=True, TMA=tma)
+    q, k, v = _qkv(1, 4, seq, 64, torch.float16, seed=8, hk=2)
+    _check(q, k, v, causal, config=cfg)
+
+
 def test_even_lengths_and_gqa():
     q, k, v = _qkv(1, 4, 64, 32, torch.float16, seed=7, hk=2)
     _check(q, k, v, causal=True)
@@ -119,7 +128,7 @@ def test_gpu_bf16_against_sdpa(causal, head_dim, config):
 @pytest.mark.gpu
 @pytest.mark.skipif(not fa.tma_available(), reason="this Triton has no tensor descriptors")
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("config", fa.TMA_CONFIGS)
+@pytest.mark.parametrize("config", fa.TMA_CONFIGS + fa.PIPELINE_CONFIGS)
 def test_gpu_bf16_tma(causal, config):
     b, h, s, d = 2, 8, 1024 + 37, 128
     q, k, v = (randn(b, h, s, d, dtype=torch.bfloat16, seed=40 + i, device="cuda") for i in range(3))
