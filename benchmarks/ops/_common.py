@@ -157,12 +157,14 @@ class Row:
     extra_mib: float | None = None
     note: str = ""
     floor_ms: float | None = None  # the amount at the ceiling
-    kind: str = ""  # effilab / liger / compile / torch (eager, cuDNN, SDPA backends): the summary's columns
+    kind: str = ""  # effilab / liger / compile / torch (eager, cuDNN, SDPA backends) / anchor: the summary's columns
     sweep: bool = False  # a swept launch configuration (not the default)
 
 
 def kind_of(name: str) -> str:
     n = name.lower()
+    if "(anchor)" in n:  # a same-run reference of the machine's ceiling (a copy), not a rival
+        return "anchor"
     if n.startswith("effilab"):
         return "effilab"
     if "liger" in n:

@@ -158,20 +158,29 @@ def _scale_rows_kernel(
     n_rows,  # number of rows
     n_cols,  # number of columns
     PER_ROW: tl.constexpr,  # reduction="none": grad_output has one entry per row
-    BLOCK_M: tl.constexpr,  # rows per program
-    BLOCK_V: tl.constexpr,  # columns per program
+    BLOCK_M: tl.constexpr,  # rows per tile
+    BLOCK_V: tl.constexpr,  # columns per tile
 ):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
-    row_ok = rows < n_rows
-    mask = row_ok[:, None] & (cols[None, :] < n_cols)
-    if PER_ROW:
-        scale = tl.load(scale_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-    else:
-        scale = tl.load(scale_ptr + rows * 0).to(tl.float32)  # broadcast the scalar
-    ptrs = g_ptr + rows.to(tl.int64)[:, None] * stride_g_row + cols[None, :]
-    g = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(ptrs, (g * scale[:, None]).to(g_ptr.dtype.element_ty), mask=mask)
+    # Persistent: program p rescales tiles p, p + P, ... A scalar scale of exactly 1 (the usual
+    # loss.backward()) is decided here, on the device: the loop then runs zero times and the buffer
+    # is not touched, with no host sync to ask the question.
+    n_col_tiles = tl.cdiv(n_cols, BLOCK_V)
+    n_tiles = tl.cdiv(n_rows, BLOCK_M) * n_col_tiles
+    if not PER_ROW:
+        scalar = tl.load(scale_ptr).to(tl.float32)
+        n_tiles = tl.where(scalar == 1.0, 0, n_tiles)
+    for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
+        rows = (tile // n_col_tiles) * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = (tile % n_col_tiles) * BLOCK_V + tl.arange(0, BLOCK_V)
+        row_ok = rows < n_rows
+        mask = row_ok[:, None] & (cols[None, :] < n_cols)
+        if PER_ROW:
+            scale = tl.load(scale_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        else:
+            scale = tl.load(scale_ptr + rows * 0).to(tl.float32)  # broadcast the scalar
+        ptrs = g_ptr + rows.to(tl.int64)[:, None] * stride_g_row + cols[None, :]
+        g = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(ptrs, (g * scale[:, None]).to(g_ptr.dtype.element_ty), mask=mask)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,7 +202,10 @@ CONFIGS = [
     (4096, 8, 2, True, True), (4096, 8, 4, True, True), (16384, 32, 1, True, True),
     (8192, 16, 1, True, True, 3), (8192, 16, 2, True, True, 2), (4096, 8, 2, True, True, 3),
 ]
-DEFAULT_CONFIG = (8192, 16)
+# The H200 sweep's best (fifth 2026-12-02 session, benchmarks/RESULTS.md): pass 2 in reverse with the L2
+# hints reads 3.54 GB from DRAM instead of 4.20 (ncu) and is 1.16x faster in the kernel; the
+# persistent launches read less still (2.23 GB at 1 program per SM) but keep too few bytes in flight.
+DEFAULT_CONFIG = (8192, 16, 0, True, True)
 
 
 _CONFIG_FIELDS = ("BLOCK_V", "num_warps", "programs_per_sm", "reverse", "evict", "stages")
@@ -273,7 +285,8 @@ def cross_entropy_forward(
 
 
 def scale_rows_(grad2: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """In place ``grad2 *= scale`` with ``scale`` a scalar tensor or one value per row."""
+    """In place ``grad2 *= scale`` with ``scale`` a scalar tensor or one value per row; a scalar equal
+    to 1 leaves ``grad2`` untouched (decided on the device: no host sync)."""
     n_rows, n_cols = grad2.shape
     if grad2.numel() == 0:
         return grad2
@@ -284,7 +297,8 @@ def scale_rows_(grad2: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         block_m, num_warps = max(1, min(64, 65536 // block_v)), 4
     else:
         block_m, block_v, num_warps = 1, min(next_power_of_2(n_cols), 4096), 8
-    grid = (triton.cdiv(n_rows, block_m), triton.cdiv(n_cols, block_v))
+    n_tiles = triton.cdiv(n_rows, block_m) * triton.cdiv(n_cols, block_v)
+    grid = (min(n_tiles, 4 * num_sms(grad2.device)),)  # 4 programs per SM: enough bytes in flight
     _scale_rows_kernel[grid](
         grad2, scale, grad2.stride(0), n_rows, n_cols,
         PER_ROW=per_row, BLOCK_M=block_m, BLOCK_V=block_v, num_warps=num_warps,
@@ -317,13 +331,11 @@ class CrossEntropyFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
         (grad,) = ctx.saved_tensors
-        if grad_output.numel() == 1:
-            # The usual loss.backward(): grad_output is exactly 1 and the buffer is final. The check
-            # costs one host sync; any other scalar rescales the buffer in place.
-            if not bool(grad_output == 1):
-                scale_rows_(grad, grad_output)
-        else:  # reduction="none": one scale per row
-            scale_rows_(grad, grad_output.reshape(-1))
+        # The usual loss.backward() passes grad_output = 1 and the buffer is final: the kernel sees the
+        # 1 and returns at once. Asking on the host instead (``bool(grad_output == 1)``) would be a
+        # sync that drains the GPU's queue at every step: 0.5 ms of idle GPU at 8192 x 128256 on the
+        # H200 (benchmarks/RESULTS.md, fifth 2026-12-02 session). Other values rescale in place.
+        scale_rows_(grad, grad_output.reshape(-1))  # (one scale per row for reduction="none")
         return grad.view(ctx.logits_shape), None, None, None, None, None, None
 
 

@@ -174,9 +174,11 @@ def _attn_fwd_inner(
 @triton.jit
 def _load_full_tile(base, row0, start_n, stride_n, offs_n0, offs_d, TMA: tl.constexpr):
     """One unmasked [BLOCK_N, HEAD_DIM] K or V tile: a TMA descriptor load or per-thread pointer loads."""
-    if TMA:
-        return base.load([row0 + start_n, 0])
-    return tl.load(base + (start_n + offs_n0)[:, None] * stride_n + offs_d[None, :])
+    if TMA:  # (one return: the compiler traces both branches of the function body)
+        tile = base.load([row0 + start_n, 0])
+    else:
+        tile = tl.load(base + (start_n + offs_n0)[:, None] * stride_n + offs_d[None, :])
+    return tile
 
 
 @triton.jit

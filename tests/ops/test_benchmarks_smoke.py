@@ -81,3 +81,26 @@ def test_summarize_side_by_side(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ops" / "summarize.py"), str(tmp_path)],
                          capture_output=True, text=True, check=True).stdout
     assert out.startswith("## Side by side") and "4250 GB/s" in out
+
+
+def test_summarize_judges_of_copy_against_the_same_run_anchor(tmp_path):
+    """An '(anchor)' copy row of the same pass is the 'of copy' target's reference, and never a rival."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "benchmarks" / "ops"))
+    try:
+        import summarize
+    finally:
+        sys.path.pop(0)
+    rows = [
+        _row("effilab triton", "fwd", 0.070, 0.0632, "effilab"),  # 0.90 of the recorded ceiling
+        _row("liger_rms_norm", "fwd", 0.077, 0.0632, "liger"),
+    ]
+    header = "NVIDIA H200, torch 2.11"
+    (tmp_path / "rmsnorm.json").write_text(json.dumps(_report("rmsnorm", header, rows)))
+    assert summarize.table(summarize.load(tmp_path)).splitlines()[2].endswith("| **no** |")
+    anchor = _row("torch copy y.copy_(x) (anchor)", "fwd", 0.069, 0.0632, "anchor")
+    (tmp_path / "rmsnorm.json").write_text(json.dumps(_report("rmsnorm", header, rows + [anchor])))
+    line = summarize.table(summarize.load(tmp_path)).splitlines()[2]
+    assert "0.90 (0.99 of same-run copy)" in line and line.endswith("| yes |")
+    assert "copy y.copy_" not in line  # the anchor is not "the fastest other"

@@ -69,6 +69,18 @@ def test_a_malformed_config_is_refused_with_what_to_fix(config):
         cross_entropy(x, _targets(4, 100, seed=33), config=config)
 
 
+@pytest.mark.parametrize("scale", [1.0, 0.5, -3.0, "per row"])
+def test_scale_rows_in_place_over_more_tiles_than_programs(scale):
+    # 300 x 5000 in the interpreter's 16 x 4096 tiles: 38 tiles for at most 16 persistent programs
+    g0 = randn(300, 5000, seed=34)
+    s = randn(300, seed=35) if scale == "per row" else torch.tensor(scale, device=DEVICE)
+    g = g0.clone()
+    out = ce_mod.scale_rows_(g, s)
+    assert out is g
+    want = g0 * (s[:, None] if scale == "per row" else s)
+    assert torch.equal(g, want) if scale == 1.0 else torch.allclose(g, want, rtol=1e-6, atol=0)
+
+
 def test_grad_output_scaling_and_large_vocab():
     n, v = 24, 32011
     x0 = randn(n, v, seed=4, scale=2.0)
