@@ -32,11 +32,15 @@ NOTEBOOK = "08_operator_fusion"
 _silu = F.silu
 _cross_entropy = F.cross_entropy
 
-# Speed and memory thresholds: calibrated from benchmarks/RESULTS.md (H100, bf16; see
-# benchmarks/gpu/nb08.sh, which prints the reference solution's ratios three times each).
-RMS_SPEED_THRESHOLD = 2.0  # the brief's goal; H100: 7.2–11.1× measured (benchmarks/RESULTS.md); × the unfused eager RMSNorm (fp32 then cast)
-SWIGLU_SPEED_THRESHOLD = 3.0  # H100: 7.0–7.2× measured (benchmarks/RESULTS.md); × eager silu(a.float()) * b.float(), cast back
-ATTN_SPEED_THRESHOLD = 4.0  # H100: 7.4–7.5× measured (benchmarks/RESULTS.md); × naive attention (S×S scores materialised), non-causal
+# Speed and memory thresholds: calibrated from benchmarks/RESULTS.md (bf16; benchmarks/gpu/nb08.sh prints
+# the reference solution's ratios three times each). Per GPU class, the reference measured:
+#   H100 (2026-11-23): RMSNorm 7.2–11.1×, SwiGLU 7.0–7.2×, attention 7.4–7.5×
+#   H200 (2026-12-02, the course's grading GPU): RMSNorm 12.4–12.5×, SwiGLU 8.2–8.3×, attention 6.5×
+# The lowest ratio of either class is at least 1.6× its threshold (RMSNorm 3.6×, SwiGLU 2.3×, attention
+# 6.5 / 4.0 = 1.6×), so one value serves both classes; a class measuring closer than that would need its own.
+RMS_SPEED_THRESHOLD = 2.0  # the brief's goal; × the unfused eager RMSNorm (fp32 then cast)
+SWIGLU_SPEED_THRESHOLD = 3.0  # × eager silu(a.float()) * b.float(), cast back
+ATTN_SPEED_THRESHOLD = 4.0  # × naive attention (S×S scores materialised), non-causal
 CE_MEMORY_FRACTION = 0.25  # extra peak memory ≤ this × the bytes of the (bf16) logits
 ATTN_MEMORY_FACTOR = 4.0  # extra peak memory ≤ this × the bytes of the output
 
